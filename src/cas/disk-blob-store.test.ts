@@ -1,0 +1,76 @@
+import { mkdtemp, readdir, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { keyFor } from './blob-store.contract.js';
+import { DiskBlobStore } from './disk-blob-store.js';
+import { readAll } from './stream-utils.js';
+
+const ctx = {};
+
+describe('DiskBlobStore', () => {
+  it('keeps its blobs across a restart', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const data = Buffer.from('persistent');
+    const key = await keyFor(data);
+    const first = await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
+    await first.put(key, Readable.from([data]), ctx);
+    const second = await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
+    expect(await second.findMissing([key], ctx)).toEqual([]);
+    expect(await readAll(await second.get(key, undefined, ctx))).toEqual(data);
+  });
+
+  it('discards half-written files left by a crash', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
+    // What a crash mid-write leaves: a partial file in tmp/, never in cas/.
+    await writeFile(join(path, 'tmp', 'deadbeef.put'), 'partial');
+    // And a file in cas/ whose length disagrees with its name is never served.
+    const data = Buffer.from('truncated blob content');
+    const key = await keyFor(data);
+    await mkdir(join(path, 'cas', 'sha256', key.hash.slice(0, 2)), { recursive: true });
+    await writeFile(join(path, 'cas', 'sha256', key.hash.slice(0, 2), `${key.hash}-${key.sizeBytes}`), 'trunc');
+    const store = await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
+    expect(await readdir(join(path, 'tmp'))).toEqual([]);
+    expect(await store.findMissing([key], ctx)).toEqual([key]);
+  });
+
+  it('evicts least recently used blobs beyond its budget', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const store = await DiskBlobStore.open({ path, maxBytes: 3000 });
+    const keys = [];
+    for (let i = 0; i < 3; i++) {
+      const data = Buffer.alloc(1000, i);
+      const key = await keyFor(data);
+      await store.put(key, Readable.from([data]), ctx);
+      keys.push(key);
+    }
+    // Touch the oldest so the second becomes least recently used.
+    await readAll(await store.get(keys[0]!, undefined, ctx));
+    const data = Buffer.alloc(1000, 9);
+    const fourth = await keyFor(data);
+    await store.put(fourth, Readable.from([data]), ctx);
+    expect(await store.findMissing([...keys, fourth], ctx)).toEqual([keys[1]]);
+    expect(store.sizeBytes).toBe(3000);
+  });
+
+  it('never evicts a blob while it is being read', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const store = await DiskBlobStore.open({ path, maxBytes: 4 << 20 });
+    const big = Buffer.alloc(3 << 20, 1);
+    const bigKey = await keyFor(big);
+    await store.put(bigKey, Readable.from([big]), ctx);
+    const reader = await store.get(bigKey, undefined, ctx);
+    // Fill the budget while the read is open: the open blob must stay.
+    const other = Buffer.alloc(2 << 20, 2);
+    const otherKey = await keyFor(other);
+    await store.put(otherKey, Readable.from([other]), ctx);
+    expect(await store.findMissing([bigKey], ctx)).toEqual([]);
+    expect((await readAll(reader)).equals(big)).toBe(true);
+    // Once the reader is done, a write that needs the space may evict it.
+    const third = Buffer.alloc(3 << 20, 3);
+    await store.put(await keyFor(third), Readable.from([third]), ctx);
+    expect(await store.findMissing([bigKey], ctx)).toEqual([bigKey]);
+  });
+});

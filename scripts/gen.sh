@@ -7,8 +7,8 @@ out=src/gen
 if [ "${1:-}" = "--check" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  npx buf generate --template buf.gen.yaml --include-imports --include-wkt -o "$tmp" --path protos >/dev/null
-  npx buf build --path protos -o "$tmp/src/gen/descriptors.binpb"
+  npx buf generate --template buf.gen.yaml --include-imports --include-wkt -o "$tmp" >/dev/null
+  npx buf build -o "$tmp/src/gen/descriptors.binpb"
   if ! diff -r -q "$out" "$tmp/src/gen" >/dev/null; then
     diff -r -q "$out" "$tmp/src/gen" || true
     echo "src/gen is stale: run 'npm run gen' and commit the result" >&2
@@ -18,6 +18,6 @@ if [ "${1:-}" = "--check" ]; then
   exit 0
 fi
 rm -rf "$out"
-npx buf generate --template buf.gen.yaml --include-imports --include-wkt --path protos
-npx buf build --path protos -o "$out/descriptors.binpb"
+npx buf generate --template buf.gen.yaml --include-imports --include-wkt
+npx buf build -o "$out/descriptors.binpb"
 echo "generated $(find "$out" -name '*.ts' | wc -l) files into $out"

@@ -1,0 +1,169 @@
+import { Readable } from 'node:stream';
+import { emptyBlobHash, validateDigest, digestOf, type Digest, type DigestFunction } from '../common/digest.js';
+import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
+import { toRemexError } from '../common/error-mapping.js';
+import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange, type StoreContext } from './blob-store.js';
+import { CompressorValue, checkCompressor, zstdCompressBuffer, zstdDecompressBuffer } from './compression.js';
+import { bufferStream, readAll } from './stream-utils.js';
+
+export interface CasOptions {
+  /** Largest total of blob bytes in one batch call (advertised in Capabilities). */
+  maxBatchTotalSizeBytes: number;
+}
+
+export interface BlobStatus {
+  digest: Digest;
+  code: Code;
+  message: string;
+}
+
+export interface ReadBlob extends BlobStatus {
+  data: Buffer;
+  compressor: CompressorValue;
+}
+
+/**
+ * Content-addressable storage semantics on top of a BlobStore: validation, the implicit
+ * empty blob, hash verification of uploads, batch limits, compression. The gRPC services
+ * (cas-service.ts, bytestream-service.ts) only translate messages to and from this.
+ */
+export class Cas {
+  constructor(
+    readonly store: BlobStore,
+    readonly options: CasOptions,
+  ) {}
+
+  async isEmptyBlob(fn: DigestFunction, d: Digest): Promise<boolean> {
+    return d.sizeBytes === 0 && d.hash === (await emptyBlobHash(fn));
+  }
+
+  /** Exact set of absent digests, deduplicated, order of first appearance; the empty blob is always present. */
+  async findMissing(fn: DigestFunction, digests: readonly Digest[], ctx: StoreContext): Promise<Digest[]> {
+    const empty = await emptyBlobHash(fn);
+    const unique = new Map<string, BlobKey>();
+    digests.forEach((d, i) => {
+      const v = validateDigest(d, fn, `blob_digests[${i}]`);
+      if (v.sizeBytes === 0 && v.hash === empty) return;
+      const key = { fn, ...v };
+      unique.set(keyString(key), key);
+    });
+    if (unique.size === 0) return [];
+    const missing = await this.store.findMissing([...unique.values()], ctx);
+    return missing.map(({ hash, sizeBytes }) => ({ hash, sizeBytes }));
+  }
+
+  private checkBatchSize(total: number, what: string): void {
+    if (total > this.options.maxBatchTotalSizeBytes) {
+      throw invalidArgument(
+        `${what} total ${total} bytes, over max_batch_total_size_bytes ${this.options.maxBatchTotalSizeBytes}; use ByteStream for large blobs`,
+      );
+    }
+  }
+
+  async batchUpdate(
+    fn: DigestFunction,
+    requests: readonly { digest: Digest | undefined; data: Buffer; compressor: number }[],
+    ctx: StoreContext,
+  ): Promise<BlobStatus[]> {
+    this.checkBatchSize(
+      requests.reduce((sum, r) => sum + r.data.length, 0),
+      `BatchUpdateBlobs carries ${requests.length} blobs`,
+    );
+    // Validate everything first: a malformed request is rejected as a whole.
+    const items = requests.map((r, i) => ({
+      digest: validateDigest(r.digest, fn, `requests[${i}].digest`),
+      compressor: checkCompressor(r.compressor),
+      data: r.data,
+    }));
+    return Promise.all(
+      items.map(async ({ digest, compressor, data }): Promise<BlobStatus> => {
+        try {
+          const raw =
+            compressor === CompressorValue.ZSTD ? await zstdDecompressBuffer(data, digest.sizeBytes) : data;
+          await this.putVerified({ fn, ...digest }, raw, ctx);
+          return { digest, code: Code.OK, message: '' };
+        } catch (err) {
+          const e = toRemexError(err);
+          return { digest, code: e.code, message: e.message };
+        }
+      }),
+    );
+  }
+
+  /** Stores an in-memory blob after checking that its content matches its digest. */
+  async putVerified(key: BlobKey, data: Buffer, ctx: StoreContext): Promise<void> {
+    const actual = await digestOf(key.fn, data);
+    if (actual.sizeBytes !== key.sizeBytes) {
+      throw invalidArgument(`blob ${describeKey(key)} has ${actual.sizeBytes} bytes, not ${key.sizeBytes}`);
+    }
+    if (actual.hash !== key.hash) {
+      throw invalidArgument(`blob ${describeKey(key)} has hash ${actual.hash}: content does not match digest`);
+    }
+    if (key.sizeBytes === 0) return;
+    await this.store.put(key, bufferStream(data), ctx);
+  }
+
+  async batchRead(
+    fn: DigestFunction,
+    digests: readonly Digest[],
+    acceptableCompressors: readonly number[],
+    ctx: StoreContext,
+  ): Promise<ReadBlob[]> {
+    const valid = digests.map((d, i) => validateDigest(d, fn, `digests[${i}]`));
+    this.checkBatchSize(
+      valid.reduce((sum, d) => sum + d.sizeBytes, 0),
+      `BatchReadBlobs asks for ${valid.length} blobs`,
+    );
+    const zstd = acceptableCompressors.includes(CompressorValue.ZSTD);
+    return Promise.all(
+      valid.map(async (digest): Promise<ReadBlob> => {
+        try {
+          const data = await this.getBuffer({ fn, ...digest }, ctx);
+          // Compress only when the client accepts it and it pays off.
+          if (zstd && data.length >= 1024) {
+            const packed = await zstdCompressBuffer(data);
+            if (packed.length < data.length) {
+              return { digest, data: packed, compressor: CompressorValue.ZSTD, code: Code.OK, message: '' };
+            }
+          }
+          return { digest, data, compressor: CompressorValue.IDENTITY, code: Code.OK, message: '' };
+        } catch (err) {
+          const e = toRemexError(err);
+          return { digest, data: Buffer.alloc(0), compressor: 0, code: e.code, message: e.message };
+        }
+      }),
+    );
+  }
+
+  /** Streams a blob (or a range of it); the empty blob needs no storage. */
+  async read(key: BlobKey, range: ReadRange | undefined, ctx: StoreContext): Promise<Readable> {
+    if (await this.isEmptyBlob(key.fn, key)) return Readable.from([]);
+    return this.store.get(key, range, ctx);
+  }
+
+  /** Reads a whole blob into memory: for directories, trees, action results (small by nature). */
+  async getBuffer(key: BlobKey, ctx: StoreContext): Promise<Buffer> {
+    const data = await readAll(await this.read(key, undefined, ctx));
+    if (data.length !== key.sizeBytes) {
+      throw new RemexError(Code.DATA_LOSS, `blob ${describeKey(key)} read back ${data.length} bytes`);
+    }
+    return data;
+  }
+
+  async exists(key: BlobKey, ctx: StoreContext): Promise<boolean> {
+    if (await this.isEmptyBlob(key.fn, key)) return true;
+    return (await this.store.findMissing([key], ctx)).length === 0;
+  }
+
+  /** getBuffer, but NOT_FOUND names what the blob was for. */
+  async getRequired(key: BlobKey, what: string, ctx: StoreContext): Promise<Buffer> {
+    try {
+      return await this.getBuffer(key, ctx);
+    } catch (err) {
+      if (err instanceof RemexError && err.code === Code.NOT_FOUND) {
+        throw notFound(`${what} ${describeKey(key)} is not in the CAS`);
+      }
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,98 @@
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import { join } from 'node:path';
+import type { StoreContext } from '../cas/blob-store.js';
+import { toRemexError } from '../common/error-mapping.js';
+import type { KeyValueStore } from './kv-store.js';
+
+export interface DiskKeyValueStoreOptions {
+  path: string;
+  maxBytes: number;
+  name?: string;
+}
+
+/**
+ * Key-value store on the local filesystem: one file per key, named by the SHA-256 of
+ * the key, written to tmp/ and renamed into place (atomic). Source of truth: the files;
+ * sizes are indexed in memory at open() to keep the store within its budget, dropping
+ * least recently written entries first.
+ */
+export class DiskKeyValueStore implements KeyValueStore {
+  readonly name: string;
+  private readonly sizes = new Map<string, number>(); // file name → size, oldest first
+  private totalBytes = 0;
+  private readonly tmpDir: string;
+  private readonly dataDir: string;
+
+  private constructor(private readonly options: DiskKeyValueStoreOptions) {
+    this.name = options.name ?? 'disk';
+    this.tmpDir = join(options.path, 'tmp');
+    this.dataDir = join(options.path, 'entries');
+  }
+
+  static async open(options: DiskKeyValueStoreOptions): Promise<DiskKeyValueStore> {
+    const store = new DiskKeyValueStore(options);
+    await fs.rm(store.tmpDir, { recursive: true, force: true });
+    await fs.mkdir(store.tmpDir, { recursive: true });
+    await fs.mkdir(store.dataDir, { recursive: true });
+    const files = await Promise.all(
+      (await fs.readdir(store.dataDir)).map(async (f) => ({ f, st: await fs.stat(join(store.dataDir, f)) })),
+    );
+    files.sort((a, b) => a.st.mtimeMs - b.st.mtimeMs);
+    for (const { f, st } of files) {
+      store.sizes.set(f, st.size);
+      store.totalBytes += st.size;
+    }
+    return store;
+  }
+
+  private fileOf(key: string): string {
+    return createHash('sha256').update(key).digest('hex');
+  }
+
+  async get(key: string, _ctx: StoreContext): Promise<Buffer | undefined> {
+    const file = this.fileOf(key);
+    if (!this.sizes.has(file)) return undefined;
+    try {
+      const content = await fs.readFile(join(this.dataDir, file));
+      // The file starts with the key itself, guarding against hash collisions and stray files.
+      const keyLen = content.readUInt32BE(0);
+      if (content.subarray(4, 4 + keyLen).toString() !== key) return undefined;
+      return content.subarray(4 + keyLen);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw toRemexError(err, this.name);
+    }
+  }
+
+  async put(key: string, value: Buffer, _ctx: StoreContext): Promise<void> {
+    const file = this.fileOf(key);
+    const header = Buffer.alloc(4);
+    const keyBytes = Buffer.from(key);
+    header.writeUInt32BE(keyBytes.length);
+    const content = Buffer.concat([header, keyBytes, value]);
+    const tmp = join(this.tmpDir, randomBytes(12).toString('hex'));
+    try {
+      await fs.writeFile(tmp, content);
+      await fs.rename(tmp, join(this.dataDir, file));
+    } catch (err) {
+      await fs.rm(tmp, { force: true });
+      throw toRemexError(err, this.name);
+    }
+    const old = this.sizes.get(file);
+    if (old !== undefined) {
+      this.sizes.delete(file);
+      this.totalBytes -= old;
+    }
+    this.sizes.set(file, content.length);
+    this.totalBytes += content.length;
+    const victims: string[] = [];
+    for (const [f, size] of this.sizes) {
+      if (this.totalBytes <= this.options.maxBytes || f === file) break;
+      this.sizes.delete(f);
+      this.totalBytes -= size;
+      victims.push(f);
+    }
+    await Promise.all(victims.map((f) => fs.rm(join(this.dataDir, f), { force: true })));
+  }
+}

@@ -1,0 +1,44 @@
+import type { Deadline, Metadata } from '@grpc/grpc-js';
+import { RequestMetadata } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+
+/** What a domain call needs to know about the RPC that caused it. */
+export interface CallContext {
+  /** Aborted when the client cancels or the deadline passes. */
+  signal: AbortSignal;
+  /** REAPI RequestMetadata header sent by Bazel and recc, when present. */
+  requestMetadata?: RequestMetadata;
+  peer: string;
+}
+
+const REQUEST_METADATA_KEY = 'build.bazel.remote.execution.v2.requestmetadata-bin';
+
+export function requestMetadataOf(metadata: Metadata): RequestMetadata | undefined {
+  const raw = metadata.get(REQUEST_METADATA_KEY)[0];
+  if (!raw || typeof raw === 'string') return undefined;
+  try {
+    return RequestMetadata.decode(raw);
+  } catch {
+    return undefined;
+  }
+}
+
+interface AnyCall {
+  readonly metadata: Metadata;
+  getDeadline(): Deadline;
+  getPeer(): string;
+  once(event: 'cancelled', listener: () => void): unknown;
+}
+
+export function callContext(call: AnyCall): CallContext {
+  const controller = new AbortController();
+  const abort = () => controller.abort();
+  call.once('cancelled', abort);
+  const deadline = call.getDeadline();
+  const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline);
+  if (Number.isFinite(ms) && ms > 0) {
+    const timer = setTimeout(abort, ms);
+    timer.unref();
+    controller.signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
+  }
+  return { signal: controller.signal, requestMetadata: requestMetadataOf(call.metadata), peer: call.getPeer() };
+}

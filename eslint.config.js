@@ -16,7 +16,10 @@ export default tseslint.config(
     files: ['src/cas/**/*.ts', 'src/actioncache/**/*.ts', 'src/common/**/*.ts', 'src/asset/**/*.ts'],
     ignores: ['**/*-service.ts', '**/*.test.ts'],
     rules: {
-      'no-restricted-imports': ['error', { paths: [{ name: '@grpc/grpc-js', message: 'domain modules stay free of grpc-js' }] }],
+      'no-restricted-imports': [
+        'error',
+        { paths: [{ name: '@grpc/grpc-js', message: 'domain modules stay free of grpc-js' }] },
+      ],
     },
   },
 );

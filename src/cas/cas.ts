@@ -1,8 +1,21 @@
 import { Readable } from 'node:stream';
-import { emptyBlobHash, validateDigest, digestOf, type Digest, type DigestFunction } from '../common/digest.js';
+import {
+  emptyBlobHash,
+  validateDigest,
+  digestOf,
+  type Digest,
+  type DigestFunction,
+} from '../common/digest.js';
 import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
 import { toRemexError } from '../common/error-mapping.js';
-import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange, type StoreContext } from './blob-store.js';
+import {
+  describeKey,
+  keyString,
+  type BlobKey,
+  type BlobStore,
+  type ReadRange,
+  type StoreContext,
+} from './blob-store.js';
 import { CompressorValue, checkCompressor, zstdCompressBuffer, zstdDecompressBuffer } from './compression.js';
 import { bufferStream, readAll } from './stream-utils.js';
 
@@ -97,7 +110,9 @@ export class Cas {
       throw invalidArgument(`blob ${describeKey(key)} has ${actual.sizeBytes} bytes, not ${key.sizeBytes}`);
     }
     if (actual.hash !== key.hash) {
-      throw invalidArgument(`blob ${describeKey(key)} has hash ${actual.hash}: content does not match digest`);
+      throw invalidArgument(
+        `blob ${describeKey(key)} has hash ${actual.hash}: content does not match digest`,
+      );
     }
     if (key.sizeBytes === 0) return;
     await this.store.put(key, bufferStream(data), ctx);

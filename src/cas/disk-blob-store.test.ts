@@ -30,7 +30,10 @@ describe('DiskBlobStore', () => {
     const data = Buffer.from('truncated blob content');
     const key = await keyFor(data);
     await mkdir(join(path, 'cas', 'sha256', key.hash.slice(0, 2)), { recursive: true });
-    await writeFile(join(path, 'cas', 'sha256', key.hash.slice(0, 2), `${key.hash}-${key.sizeBytes}`), 'trunc');
+    await writeFile(
+      join(path, 'cas', 'sha256', key.hash.slice(0, 2), `${key.hash}-${key.sizeBytes}`),
+      'trunc',
+    );
     const store = await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
     expect(await readdir(join(path, 'tmp'))).toEqual([]);
     expect(await store.findMissing([key], ctx)).toEqual([key]);

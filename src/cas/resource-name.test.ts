@@ -8,7 +8,10 @@ const instances = new Instances(['', 'main', 'team/a/b']);
 
 describe('ByteStream resource names', () => {
   it('parses reads with and without instance, function and compressor', () => {
-    expect(parseReadResource(`blobs/${h}/12`, instances)).toMatchObject({ instanceName: '', key: { hash: h, sizeBytes: 12 } });
+    expect(parseReadResource(`blobs/${h}/12`, instances)).toMatchObject({
+      instanceName: '',
+      key: { hash: h, sizeBytes: 12 },
+    });
     expect(parseReadResource(`team/a/b/blobs/${h}/12`, instances).instanceName).toBe('team/a/b');
     const b3 = parseReadResource(`main/blobs/blake3/${h}/5`, instances);
     expect(b3.key.fn.name).toBe('BLAKE3');
@@ -19,7 +22,11 @@ describe('ByteStream resource names', () => {
 
   it('parses uploads and ignores trailing metadata', () => {
     const r = parseWriteResource(`main/uploads/5f0e/blobs/${h}/7/some/metadata`, instances);
-    expect(r).toMatchObject({ instanceName: 'main', key: { sizeBytes: 7 }, uploadId: `main/uploads/5f0e/blobs/${h}/7` });
+    expect(r).toMatchObject({
+      instanceName: 'main',
+      key: { sizeBytes: 7 },
+      uploadId: `main/uploads/5f0e/blobs/${h}/7`,
+    });
     expect(parseWriteResource(`uploads/x/compressed-blobs/zstd/${h}/7`, instances).compressor).toBe(1);
   });
 

@@ -1,4 +1,9 @@
-import { digestFunctionBySegment, resolveDigestFunction, validateDigest, type DigestFunction } from '../common/digest.js';
+import {
+  digestFunctionBySegment,
+  resolveDigestFunction,
+  validateDigest,
+  type DigestFunction,
+} from '../common/digest.js';
 import { invalidArgument } from '../common/status.js';
 import type { Instances } from '../common/instances.js';
 import type { BlobKey } from './blob-store.js';

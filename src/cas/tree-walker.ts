@@ -37,9 +37,13 @@ export async function* walkTree(
           } catch (err) {
             if (err instanceof RemexError && err.code === Code.NOT_FOUND) return undefined;
             if (err instanceof RemexError) throw err;
-            throw new RemexError(Code.DATA_LOSS, `directory ${digest.hash}/${digest.sizeBytes} cannot be parsed`, {
-              cause: err,
-            });
+            throw new RemexError(
+              Code.DATA_LOSS,
+              `directory ${digest.hash}/${digest.sizeBytes} cannot be parsed`,
+              {
+                cause: err,
+              },
+            );
           }
         }),
       );

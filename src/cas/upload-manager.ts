@@ -59,11 +59,17 @@ export class UploadManager {
   }
 
   /** committed_size for QueryWriteStatus, or undefined when the upload is unknown. */
-  async status(resource: BlobResource, ctx: StoreContext): Promise<{ committedSize: number; complete: boolean } | undefined> {
+  async status(
+    resource: BlobResource,
+    ctx: StoreContext,
+  ): Promise<{ committedSize: number; complete: boolean } | undefined> {
     const session = this.sessions.get(resource.uploadId!);
     if (session) return { committedSize: session.committed, complete: false };
     if (await this.cas.exists(resource.key, ctx)) {
-      return { committedSize: resource.compressor === CompressorValue.IDENTITY ? resource.key.sizeBytes : -1, complete: true };
+      return {
+        committedSize: resource.compressor === CompressorValue.IDENTITY ? resource.key.sizeBytes : -1,
+        complete: true,
+      };
     }
     return undefined;
   }
@@ -72,7 +78,12 @@ export class UploadManager {
    * Receives one Write stream. `first` is the already-read first request; the rest
    * follow. Returns committed_size for the WriteResponse.
    */
-  async write(resource: BlobResource, first: WriteChunk, rest: AsyncIterator<WriteChunk>, ctx: StoreContext): Promise<number> {
+  async write(
+    resource: BlobResource,
+    first: WriteChunk,
+    rest: AsyncIterator<WriteChunk>,
+    ctx: StoreContext,
+  ): Promise<number> {
     const { key } = resource;
     const doneSize = resource.compressor === CompressorValue.IDENTITY ? key.sizeBytes : -1;
     const existing = this.sessions.get(resource.uploadId!);
@@ -80,7 +91,12 @@ export class UploadManager {
     if (!existing && (await this.cas.exists(key, ctx))) return doneSize;
 
     // Fast path: the whole blob in one message, nothing to spool.
-    if (!existing && first.finishWrite && first.writeOffset === 0 && resource.compressor === CompressorValue.IDENTITY) {
+    if (
+      !existing &&
+      first.finishWrite &&
+      first.writeOffset === 0 &&
+      resource.compressor === CompressorValue.IDENTITY
+    ) {
       await this.cas.putVerified(key, first.data, ctx);
       return doneSize;
     }
@@ -106,7 +122,11 @@ export class UploadManager {
         `the Write stream for ${describeKey(key)} ended without finish_write after ${session.committed} bytes; resume from there`,
       );
     } catch (err) {
-      if (err instanceof RemexError && err.code === Code.INVALID_ARGUMENT && err.message.includes('resume from there')) {
+      if (
+        err instanceof RemexError &&
+        err.code === Code.INVALID_ARGUMENT &&
+        err.message.includes('resume from there')
+      ) {
         this.detach(session);
       } else if (ctx.signal?.aborted || !(err instanceof RemexError)) {
         // The client went away (or the stream broke): keep what arrived for a resumed Write.
@@ -118,7 +138,11 @@ export class UploadManager {
     }
   }
 
-  private async attach(resource: BlobResource, existing: Session | undefined, offset: number): Promise<Session> {
+  private async attach(
+    resource: BlobResource,
+    existing: Session | undefined,
+    offset: number,
+  ): Promise<Session> {
     if (existing?.active) {
       throw aborted(`upload ${resource.uploadId} is already being written by another stream`);
     }
@@ -178,7 +202,9 @@ export class UploadManager {
     const { key } = session.resource;
     session.decoder?.finish();
     if (session.written !== key.sizeBytes) {
-      throw invalidArgument(`upload for ${describeKey(key)} finished after ${session.written} of ${key.sizeBytes} bytes`);
+      throw invalidArgument(
+        `upload for ${describeKey(key)} finished after ${session.written} of ${key.sizeBytes} bytes`,
+      );
     }
     const hash = session.hasher.digest();
     if (hash !== key.hash) {
@@ -210,7 +236,8 @@ export class UploadManager {
 
   private async drop(session: Session): Promise<void> {
     clearTimeout(session.timer);
-    if (this.sessions.get(session.resource.uploadId!) === session) this.sessions.delete(session.resource.uploadId!);
+    if (this.sessions.get(session.resource.uploadId!) === session)
+      this.sessions.delete(session.resource.uploadId!);
     await session.file.close().catch(() => undefined);
     await fs.rm(session.spool, { force: true });
   }

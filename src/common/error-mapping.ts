@@ -23,7 +23,8 @@ const fsCodes: Record<string, Code> = {
 export function toRemexError(err: unknown, context?: string): RemexError {
   if (err instanceof RemexError) return context ? err.prefixed(context) : err;
   const prefix = context ? `${context}: ` : '';
-  if (isAbortError(err)) return new RemexError(Code.CANCELLED, `${prefix}operation cancelled`, { cause: err });
+  if (isAbortError(err))
+    return new RemexError(Code.CANCELLED, `${prefix}operation cancelled`, { cause: err });
   const errno = (err as NodeJS.ErrnoException | undefined)?.code;
   if (typeof errno === 'string' && errno in fsCodes) {
     return new RemexError(fsCodes[errno]!, `${prefix}${(err as Error).message}`, { cause: err });
@@ -34,7 +35,6 @@ export function toRemexError(err: unknown, context?: string): RemexError {
 
 export function isAbortError(err: unknown): boolean {
   return (
-    err instanceof Error &&
-    (err.name === 'AbortError' || (err as NodeJS.ErrnoException).code === 'ABORT_ERR')
+    err instanceof Error && (err.name === 'AbortError' || (err as NodeJS.ErrnoException).code === 'ABORT_ERR')
   );
 }

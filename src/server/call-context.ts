@@ -1,4 +1,5 @@
 import type { Deadline, Metadata } from '@grpc/grpc-js';
+import { setMaxListeners } from 'node:events';
 import { RequestMetadata } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 
 /** What a domain call needs to know about the RPC that caused it. */
@@ -33,12 +34,19 @@ export function callContext(call: AnyCall): CallContext {
   const controller = new AbortController();
   const abort = () => controller.abort();
   call.once('cancelled', abort);
+  // One signal serves every store call of a request (a batch fans out to many).
+  setMaxListeners(0, controller.signal);
+  // grpc-js gives the deadline as an absolute time (a Date or epoch ms; Infinity when none).
   const deadline = call.getDeadline();
-  const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline);
-  if (Number.isFinite(ms) && ms > 0) {
+  const ms = (deadline instanceof Date ? deadline.getTime() : Number(deadline)) - Date.now();
+  if (Number.isFinite(ms) && ms < 2 ** 31 - 1) {
     const timer = setTimeout(abort, ms);
     timer.unref();
     controller.signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
   }
-  return { signal: controller.signal, requestMetadata: requestMetadataOf(call.metadata), peer: call.getPeer() };
+  return {
+    signal: controller.signal,
+    requestMetadata: requestMetadataOf(call.metadata),
+    peer: call.getPeer(),
+  };
 }

@@ -43,7 +43,8 @@ export function serverStreaming<Req, Res>(
     fn(call.request, send, ctx).then(
       () => call.end(),
       (err: unknown) => {
-        if (!ctx.signal.aborted) call.destroy(toServiceError(err, method));
+        // grpc-js turns an 'error' event into the call's final status (destroy() would not send one).
+        if (!ctx.signal.aborted) call.emit('error', toServiceError(err, method));
       },
     );
   };

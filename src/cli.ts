@@ -1,0 +1,79 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config/config.js';
+import { startServer } from './server/server.js';
+import { log } from './server/log.js';
+
+const USAGE = `usage: remex <command> [options]
+
+commands:
+  serve     run the server (default: every service, embedded disk storage)
+            --config FILE     YAML config (see config/remex.reference.yaml)
+            --listen ADDR     host:port to listen on (default 127.0.0.1:50051)
+            --data-dir DIR    base directory for storage (default ~/.cache/remex)
+  help      show this text
+`;
+
+async function serve(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      listen: { type: 'string' },
+      'data-dir': { type: 'string' },
+    },
+    strict: true,
+  });
+  const config = await loadConfig(values.config);
+  if (values.listen) config.listen = values.listen;
+  if (values['data-dir']) config.dataDir = values['data-dir'];
+  const server = await startServer(config);
+  // Machine-readable line for scripts and tests that start remex on port 0.
+  process.stdout.write(`remex listening on ${server.address}\n`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    server.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      process.stderr.write(`remex: unknown command "${command}"\n\n${USAGE}`);
+      process.exit(2);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (
+    err instanceof ConfigError ||
+    (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS'))
+  ) {
+    process.stderr.write(`remex: ${err.message}\n`);
+  } else {
+    process.stderr.write(`remex: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+  process.exit(1);
+});

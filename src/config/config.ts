@@ -1,0 +1,134 @@
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+const UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
+
+/** A byte size: a number, or a string such as "512MiB", "10GiB", "4MB". */
+const size = z.union([z.number().int().nonnegative(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
+  const factor = m ? UNITS[(m[2] || 'b').toLowerCase()] : undefined;
+  if (!m || factor === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (examples: 1048576, "512MiB", "10GiB")` });
+    return z.NEVER;
+  }
+  return Math.floor(Number(m[1]) * factor);
+});
+
+/** A duration: milliseconds, or a string such as "30s", "10m", "2h". */
+const duration = z.union([z.number().nonnegative(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') return v;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(v);
+  const factor = m ? { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[m[2] as 'ms'] : undefined;
+  if (!m || factor === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${v}" is not a duration (examples: "500ms", "30s", "10m", "2h")`,
+    });
+    return z.NEVER;
+  }
+  return Number(m[1]) * factor;
+});
+
+const memoryStore = z.strictObject({ type: z.literal('memory'), maxSize: size });
+const diskStore = z.strictObject({
+  type: z.literal('disk'),
+  /** Relative paths are resolved against dataDir. */
+  path: z.string().min(1),
+  maxSize: size,
+  fsync: z.boolean().default(false),
+});
+
+/** CAS backends and behaviours: a tagged union on `type`, mirrored by createBlobStore(). */
+export const blobStoreSchema = z.discriminatedUnion('type', [memoryStore, diskStore]);
+export type BlobStoreConfig = z.infer<typeof blobStoreSchema>;
+
+/** ActionCache and asset-index backends, mirrored by createKeyValueStore(). */
+export const kvStoreSchema = z.discriminatedUnion('type', [memoryStore, diskStore.omit({ fsync: true })]);
+export type KeyValueStoreConfig = z.infer<typeof kvStoreSchema>;
+
+export const configSchema = z.strictObject({
+  /** host:port to listen on. */
+  listen: z.string().default('127.0.0.1:50051'),
+  /** Instance names served; requests naming any other are INVALID_ARGUMENT. */
+  instanceNames: z.array(z.string()).min(1).default(['']),
+  /** Base directory for relative store paths. Default: $XDG_CACHE_HOME/remex or ~/.cache/remex. */
+  dataDir: z.string().optional(),
+  cas: blobStoreSchema.default({ type: 'disk', path: 'cas', maxSize: 10 * 2 ** 30, fsync: false }),
+  actionCache: kvStoreSchema.default({ type: 'disk', path: 'ac', maxSize: 2 ** 30 }),
+  assets: kvStoreSchema.default({ type: 'disk', path: 'assets', maxSize: 256 * 2 ** 20 }),
+  /** Largest total blob bytes in one BatchUpdateBlobs / BatchReadBlobs call. */
+  maxBatchTotalSizeBytes: size.default(4 * 2 ** 20),
+  /** Whether clients may write action results (Bazel's --remote_upload_local_results). */
+  actionCacheUpdates: z.boolean().default(true),
+  /** Largest total inlined into one GetActionResult answer (inline_stdout etc.). */
+  maxInlineBytes: size.default(2 ** 20),
+  uploads: z
+    .strictObject({
+      /** Spool for ByteStream uploads in progress (relative to dataDir); keep it on the CAS filesystem. */
+      path: z.string().default('uploads'),
+      /** How long an interrupted upload is kept so the client can resume it. */
+      idleTimeout: duration.default(10 * 60 * 1000),
+    })
+    .default({ path: 'uploads', idleTimeout: 10 * 60 * 1000 }),
+  /** Time given to in-flight calls at SIGTERM before they are cut. */
+  shutdownGrace: duration.default(10_000),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Validates a parsed config; errors name the path of the bad field. */
+export function parseConfig(raw: unknown, source = 'config'): Config {
+  const result = configSchema.safeParse(raw ?? {});
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => {
+      const path = i.path.length > 0 ? i.path.join('.') : '(top level)';
+      return `  ${path}: ${i.message}`;
+    });
+    throw new ConfigError(`invalid ${source}:\n${lines.join('\n')}`);
+  }
+  return result.data;
+}
+
+export async function loadConfig(file: string | undefined): Promise<Config> {
+  if (!file) return parseConfig({});
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  return parseConfig(raw, `config file ${file}`);
+}
+
+export function defaultDataDir(): string {
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'remex');
+}
+
+export function resolvePath(config: Config, path: string): string {
+  return resolve(config.dataDir ?? defaultDataDir(), path);
+}

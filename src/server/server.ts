@@ -1,0 +1,153 @@
+import {
+  Server,
+  ServerCredentials,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { readFileSync } from 'node:fs';
+import { ActionCache } from '../actioncache/action-cache.js';
+import { actionCacheService } from '../actioncache/action-cache-service.js';
+import { AssetIndex } from '../asset/asset-index.js';
+import { fetchService, pushService } from '../asset/asset-service.js';
+import { capabilitiesService } from '../capabilities/capabilities-service.js';
+import { byteStreamService } from '../cas/bytestream-service.js';
+import { Cas } from '../cas/cas.js';
+import { casService } from '../cas/cas-service.js';
+import { UploadManager } from '../cas/upload-manager.js';
+import { Instances } from '../common/instances.js';
+import { resolvePath, type Config } from '../config/config.js';
+import { createBlobStore, createKeyValueStore } from '../config/factory.js';
+import { FetchService, PushService } from '../gen/build/bazel/remote/asset/v1/remote_asset.js';
+import {
+  ActionCacheService,
+  CapabilitiesService,
+  ContentAddressableStorageService,
+} from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { ByteStreamService } from '../gen/google/bytestream/bytestream.js';
+import { log } from './log.js';
+
+export interface RunningServer {
+  /** The address actually bound (with the real port when 0 was asked for). */
+  address: string;
+  port: number;
+  /** Graceful stop: refuses new calls, lets running ones finish for up to graceMs, then cuts them. */
+  close(graceMs?: number): Promise<void>;
+}
+
+// Headroom over the batch limit for the rest of the message (digests, framing).
+const MESSAGE_OVERHEAD = 1 << 20;
+
+/** Starts the services the config asks for on one gRPC server. */
+export async function startServer(config: Config): Promise<RunningServer> {
+  const instances = new Instances(config.instanceNames);
+  const casStore = await createBlobStore(config.cas, config, 'cas');
+  const cas = new Cas(casStore, { maxBatchTotalSizeBytes: config.maxBatchTotalSizeBytes });
+  const uploads = await UploadManager.create(cas, {
+    spoolDir: resolvePath(config, config.uploads.path),
+    idleTimeoutMs: config.uploads.idleTimeout,
+  });
+  const acStore = await createKeyValueStore(config.actionCache, config, 'action-cache');
+  const actionCache = new ActionCache(acStore, cas, {
+    allowUpdates: config.actionCacheUpdates,
+    maxInlineBytes: config.maxInlineBytes,
+  });
+  const assets = new AssetIndex(await createKeyValueStore(config.assets, config, 'assets'), cas);
+
+  const server = new Server({
+    'grpc.max_receive_message_length': config.maxBatchTotalSizeBytes + MESSAGE_OVERHEAD,
+    'grpc.max_send_message_length': config.maxBatchTotalSizeBytes + MESSAGE_OVERHEAD,
+    // Clients such as Bazel ping idle connections; accept that instead of answering GOAWAY.
+    'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+    'grpc.keepalive_permit_without_calls': 1,
+  });
+  const services: [string, ServiceDefinition, UntypedServiceImplementation][] = [
+    [
+      'build.bazel.remote.execution.v2.Capabilities',
+      CapabilitiesService,
+      capabilitiesService(instances, {
+        maxBatchTotalSizeBytes: config.maxBatchTotalSizeBytes,
+        actionCacheUpdates: config.actionCacheUpdates,
+        cache: true,
+      }),
+    ],
+    [
+      'build.bazel.remote.execution.v2.ContentAddressableStorage',
+      ContentAddressableStorageService,
+      casService(cas, instances),
+    ],
+    ['google.bytestream.ByteStream', ByteStreamService, byteStreamService(cas, uploads, instances)],
+    [
+      'build.bazel.remote.execution.v2.ActionCache',
+      ActionCacheService,
+      actionCacheService(actionCache, instances),
+    ],
+    ['build.bazel.remote.asset.v1.Fetch', FetchService, fetchService(assets, instances)],
+    ['build.bazel.remote.asset.v1.Push', PushService, pushService(assets, instances)],
+  ];
+  for (const [, definition, impl] of services) server.addService(definition, impl);
+
+  const health = new HealthImplementation({
+    '': 'SERVING',
+    ...Object.fromEntries(services.map(([name]) => [name, 'SERVING' as const])),
+  });
+  health.addToServer(server);
+  addReflection(
+    server,
+    services.map(([name]) => name),
+  );
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(config.listen, ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
+  const address = `${host}:${port}`;
+  log.info(
+    { address, instances: config.instanceNames, cas: config.cas.type, services: services.map(([n]) => n) },
+    'remex serving',
+  );
+
+  let closed: Promise<void> | undefined;
+  return {
+    address,
+    port,
+    close(graceMs = config.shutdownGrace) {
+      closed ??= (async () => {
+        for (const [name] of services) health.setStatus(name, 'NOT_SERVING');
+        health.setStatus('', 'NOT_SERVING');
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, graceMs);
+          server.tryShutdown(() => {
+            clearTimeout(timer);
+            resolve();
+          });
+        });
+        await uploads.close();
+        await Promise.all([casStore.close?.(), acStore.close?.()]);
+        log.info({ address }, 'remex stopped');
+      })();
+      return closed;
+    },
+  };
+}
+
+/** Server reflection (v1 and v1alpha) over the descriptors generated with the code, for grpcurl. */
+function addReflection(server: Server, serviceNames: string[]): void {
+  const descriptors = readFileSync(new URL('../gen/descriptors.binpb', import.meta.url));
+  const definition = loadFileDescriptorSetFromBuffer(descriptors, {
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+  });
+  new ReflectionService(definition, {
+    services: [...serviceNames, 'grpc.health.v1.Health'],
+  }).addToServer(server);
+}

@@ -1,0 +1,56 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, configSchema, loadConfig, parseConfig } from './config.js';
+
+const CONFIG_DIR = fileURLToPath(new URL('../../config/', import.meta.url));
+
+async function configFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await configFiles(p)));
+    else if (entry.name.endsWith('.yaml')) out.push(p);
+  }
+  return out;
+}
+
+describe('config', () => {
+  it('parses every config file kept in the repo', async () => {
+    const files = await configFiles(CONFIG_DIR);
+    expect(files.length).toBeGreaterThanOrEqual(3);
+    for (const file of files) await expect(loadConfig(file), file).resolves.toBeDefined();
+  });
+
+  it('the reference config states exactly the defaults', async () => {
+    const reference = parse(await readFile(join(CONFIG_DIR, 'remex.reference.yaml'), 'utf8'));
+    expect(parseConfig(reference)).toEqual(parseConfig({}));
+    // Every top-level setting is documented in the reference.
+    expect(Object.keys(reference).sort()).toEqual(
+      Object.keys(configSchema.shape)
+        .filter((k) => k !== 'dataDir')
+        .sort(),
+    );
+  });
+
+  it('parses sizes and durations with units', () => {
+    const c = parseConfig({ cas: { type: 'memory', maxSize: '1.5GiB' }, uploads: { idleTimeout: '90s' } });
+    expect(c.cas.maxSize).toBe(1.5 * 2 ** 30);
+    expect(c.uploads.idleTimeout).toBe(90_000);
+  });
+
+  it.each([
+    [{ cas: { type: 'disk', maxSize: '1GiB' } }, /cas\.path/],
+    [{ cas: { type: 'tape', maxSize: 1 } }, /cas\.type/],
+    [{ cas: { type: 'memory', maxSize: 'lots' } }, /cas\.maxSize: "lots" is not a size/],
+    [{ actionCache: { type: 'memory', maxSize: 1, extra: true } }, /actionCache: .*extra/],
+    [{ uploads: { idleTimeout: 'soon' } }, /uploads\.idleTimeout: "soon" is not a duration/],
+    [{ instanceNames: [] }, /instanceNames/],
+    [{ listn: 'typo' }, /listn/],
+  ])('fails with the path of the bad field: %j', (raw, message) => {
+    expect(() => parseConfig(raw)).toThrow(ConfigError);
+    expect(() => parseConfig(raw)).toThrow(message);
+  });
+});

@@ -137,11 +137,10 @@ export class ActionCache {
         try {
           tree = Tree.decode(await this.cas.getBuffer({ fn, ...dir.treeDigest }, ctx));
         } catch (err) {
-          if (err instanceof RemexError && err.code === Code.NOT_FOUND) {
-            missing.push(dir.treeDigest);
-            continue;
-          }
-          throw err;
+          // A missing or unparseable Tree makes the result unusable, like a missing blob.
+          if (err instanceof RemexError && err.code !== Code.NOT_FOUND) throw err;
+          missing.push(dir.treeDigest);
+          continue;
         }
         for (const d of [tree.root, ...tree.children]) if (d) fileDigests(d).forEach(add);
       } else if (dir.rootDirectoryDigest && dir.rootDirectoryDigest.hash !== '') {
@@ -152,7 +151,7 @@ export class ActionCache {
         }
       }
     }
-    missing.push(...(await this.cas.findMissing(fn, wanted, ctx)));
+    missing.push(...(await this.cas.findMissingStored(fn, wanted, ctx)));
     return missing;
   }
 

@@ -64,7 +64,13 @@ export class AssetIndex {
   ): Promise<void> {
     checkRequest(uris, qualifiers);
     const d = validateDigest(digest, fn, kind === 'blob' ? 'blob_digest' : 'root_directory_digest');
-    if (!(await this.present(kind, fn, d, ctx))) {
+    const state = await this.present(kind, fn, d, ctx);
+    if (state === 'invalid') {
+      throw invalidArgument(
+        `root_directory_digest ${d.hash}/${d.sizeBytes} names a blob that is not a Directory tree`,
+      );
+    }
+    if (state !== 'present') {
       throw failedPrecondition(
         `${kind === 'blob' ? 'blob' : 'directory tree'} ${d.hash}/${d.sizeBytes} is not (completely) in the CAS; upload it before pushing`,
       );
@@ -94,7 +100,7 @@ export class AssetIndex {
       if (record.expireAt !== 0 && record.expireAt <= this.now()) continue;
       if (oldestAccepted > 0 && record.pushedAt < oldestAccepted) continue;
       const digest = { hash: record.hash, sizeBytes: record.sizeBytes };
-      if (!(await this.present(kind, fn, digest, ctx))) continue;
+      if ((await this.present(kind, fn, digest, ctx)) !== 'present') continue;
       return { uri, digest, expireAt: record.expireAt };
     }
     throw notFound(
@@ -102,19 +108,22 @@ export class AssetIndex {
     );
   }
 
+  /** Whether the content is all in the CAS; 'invalid' when a directory blob is not a Directory. */
   private async present(
     kind: AssetKind,
     fn: DigestFunction,
     digest: Digest,
     ctx: StoreContext,
-  ): Promise<boolean> {
-    if (kind === 'blob') return this.cas.exists({ fn, ...digest }, ctx);
-    let complete = true;
+  ): Promise<'present' | 'incomplete' | 'invalid'> {
+    if (kind === 'blob') return (await this.cas.exists({ fn, ...digest }, ctx)) ? 'present' : 'incomplete';
+    let state: 'present' | 'incomplete' | 'invalid' = 'present';
     const files: Digest[] = [];
-    for await (const { directory } of walkTree(this.cas, fn, digest, ctx, () => (complete = false))) {
-      files.push(...fileDigests(directory));
-    }
-    return complete && (await this.cas.findMissing(fn, files, ctx)).length === 0;
+    const walk = walkTree(this.cas, fn, digest, ctx, (_d, why) => {
+      if (state !== 'invalid') state = why === 'invalid' ? 'invalid' : 'incomplete';
+    });
+    for await (const { directory } of walk) files.push(...fileDigests(directory));
+    if (state !== 'present') return state;
+    return (await this.cas.findMissingStored(fn, files, ctx)).length === 0 ? 'present' : 'incomplete';
   }
 }
 

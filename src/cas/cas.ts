@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import {
   emptyBlobHash,
+  isWellFormed,
   validateDigest,
   digestOf,
   type Digest,
@@ -63,6 +64,24 @@ export class Cas {
     if (unique.size === 0) return [];
     const missing = await this.store.findMissing([...unique.values()], ctx);
     return missing.map(({ hash, sizeBytes }) => ({ hash, sizeBytes }));
+  }
+
+  /**
+   * Like findMissing, for digests read out of stored messages (trees, action results)
+   * rather than from a request: a malformed one cannot be present, so it counts as missing.
+   */
+  async findMissingStored(
+    fn: DigestFunction,
+    digests: readonly Digest[],
+    ctx: StoreContext,
+  ): Promise<Digest[]> {
+    const malformed: Digest[] = [];
+    const wellFormed = digests.filter((d) => {
+      const ok = isWellFormed(d, fn);
+      if (!ok) malformed.push(d);
+      return ok;
+    });
+    return [...malformed, ...(await this.findMissing(fn, wellFormed, ctx))];
   }
 
   private checkBatchSize(total: number, what: string): void {

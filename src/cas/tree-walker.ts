@@ -11,18 +11,21 @@ export interface WalkedDirectory {
 
 const FETCH_CONCURRENCY = 64;
 
+export type Unusable = 'missing' | 'invalid';
+
 /**
  * Breadth-first walk of a Directory graph in the CAS, each distinct directory once, in a
- * deterministic order (so an offset into it is a stable page token). Directories that
- * are missing are reported through onMissing and their subtrees skipped; each level is
- * fetched concurrently.
+ * deterministic order (so an offset into it is a stable page token); each level is
+ * fetched concurrently. Directories that are missing, or whose blob is not a Directory
+ * message, are reported through onUnusable and their subtrees skipped; without
+ * onUnusable, missing ones are skipped and an invalid one is INVALID_ARGUMENT.
  */
 export async function* walkTree(
   cas: Cas,
   fn: DigestFunction,
   root: Digest,
   ctx: StoreContext,
-  onMissing?: (digest: Digest) => void,
+  onUnusable?: (digest: Digest, why: Unusable) => void,
 ): AsyncGenerator<WalkedDirectory> {
   const seen = new Set<string>([keyString({ fn, ...root })]);
   let level: Digest[] = [root];
@@ -32,14 +35,20 @@ export async function* walkTree(
       const slice = level.slice(i, i + FETCH_CONCURRENCY);
       const fetched = await Promise.all(
         slice.map(async (digest) => {
+          let data: Buffer;
           try {
-            return Directory.decode(await cas.getBuffer({ fn, ...digest }, ctx));
+            data = await cas.getBuffer({ fn, ...digest }, ctx);
           } catch (err) {
-            if (err instanceof RemexError && err.code === Code.NOT_FOUND) return undefined;
-            if (err instanceof RemexError) throw err;
+            if (err instanceof RemexError && err.code === Code.NOT_FOUND) return 'missing' as const;
+            throw err;
+          }
+          try {
+            return Directory.decode(data);
+          } catch (err) {
+            if (onUnusable) return 'invalid' as const;
             throw new RemexError(
-              Code.DATA_LOSS,
-              `directory ${digest.hash}/${digest.sizeBytes} cannot be parsed`,
+              Code.INVALID_ARGUMENT,
+              `blob ${digest.hash}/${digest.sizeBytes} is not a Directory message`,
               {
                 cause: err,
               },
@@ -49,8 +58,8 @@ export async function* walkTree(
       );
       for (const [j, directory] of fetched.entries()) {
         const digest = slice[j]!;
-        if (!directory) {
-          onMissing?.(digest);
+        if (typeof directory === 'string') {
+          onUnusable?.(digest, directory);
           continue;
         }
         yield { digest, directory };

@@ -144,6 +144,16 @@ export function validateDigest(
   return { hash, sizeBytes };
 }
 
+/** Whether a digest read from stored data is well formed for the function (no throwing). */
+export function isWellFormed(d: Digest, fn: DigestFunction): boolean {
+  return (
+    d.hash.length === fn.hexLength &&
+    HEX.test(d.hash) &&
+    Number.isSafeInteger(d.sizeBytes) &&
+    d.sizeBytes >= 0
+  );
+}
+
 export function digestString(d: Digest): string {
   return `${d.hash}/${d.sizeBytes}`;
 }

@@ -4,7 +4,6 @@ import {
   type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { readFileSync } from 'node:fs';
@@ -138,16 +137,41 @@ export async function startServer(config: Config): Promise<RunningServer> {
   };
 }
 
-/** Server reflection (v1 and v1alpha) over the descriptors generated with the code, for grpcurl. */
+/**
+ * Server reflection (v1 and v1alpha), for grpcurl. It is given the generated file
+ * descriptors as they are, one per .proto file with its imports, so that clients can
+ * resolve every type file by file (a package definition rebuilt by proto-loader would
+ * merge files per package and drop the imports, which grpcurl cannot use).
+ */
 function addReflection(server: Server, serviceNames: string[]): void {
-  const descriptors = readFileSync(new URL('../gen/descriptors.binpb', import.meta.url));
-  const definition = loadFileDescriptorSetFromBuffer(descriptors, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-  });
-  new ReflectionService(definition, {
+  const files = fileDescriptorProtos(readFileSync(new URL('../gen/descriptors.binpb', import.meta.url)));
+  const definition = { remex: { format: '', type: {}, fileDescriptorProtos: files } };
+  new ReflectionService(definition as never, {
     services: [...serviceNames, 'grpc.health.v1.Health'],
   }).addToServer(server);
+}
+
+/** The serialized FileDescriptorProtos of a FileDescriptorSet (field 1, repeated bytes), unchanged. */
+export function fileDescriptorProtos(set: Buffer): Buffer[] {
+  const files: Buffer[] = [];
+  let pos = 0;
+  const varint = (): number => {
+    let result = 0;
+    let shift = 0;
+    for (;;) {
+      const byte = set[pos++];
+      if (byte === undefined) throw new Error('truncated FileDescriptorSet');
+      result += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) return result;
+      shift += 7;
+    }
+  };
+  while (pos < set.length) {
+    const tag = varint();
+    if (tag !== 0x0a) throw new Error(`unexpected field tag ${tag} in FileDescriptorSet`);
+    const length = varint();
+    files.push(set.subarray(pos, pos + length));
+    pos += length;
+  }
+  return files;
 }

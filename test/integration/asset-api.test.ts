@@ -148,8 +148,14 @@ describe('blob associations', () => {
     await pushBlob({ uris: [u1], blobDigest: digestOf(one) });
     await pushBlob({ uris: [u2], blobDigest: digestOf(two) });
 
-    expect(await fetchBlob({ uris: [unknown, u2, u1] })).toMatchObject({ uri: u2, blobDigest: digestOf(two) });
-    expect(await fetchBlob({ uris: [unknown, u1, u2] })).toMatchObject({ uri: u1, blobDigest: digestOf(one) });
+    expect(await fetchBlob({ uris: [unknown, u2, u1] })).toMatchObject({
+      uri: u2,
+      blobDigest: digestOf(two),
+    });
+    expect(await fetchBlob({ uris: [unknown, u1, u2] })).toMatchObject({
+      uri: u1,
+      blobDigest: digestOf(one),
+    });
     const err = await errorOf(fetchBlob({ uris: [unknown, uri('other')] }));
     expect(err.code).toBe(status.NOT_FOUND);
     expect(err.details).toMatch(/no blob is known for any of 2 URIs/);
@@ -238,7 +244,9 @@ describe('directory associations', () => {
     const u = uri('incomplete');
     const err = await errorOf(pushDirectory({ uris: [u], rootDirectoryDigest: root }));
     expect(err.code).toBe(status.FAILED_PRECONDITION);
-    expect(err.details).toMatch(`directory tree ${root.hash}/${root.sizeBytes} is not (completely) in the CAS`);
+    expect(err.details).toMatch(
+      `directory tree ${root.hash}/${root.sizeBytes} is not (completely) in the CAS`,
+    );
     // Nothing was recorded: even once the tree is complete, the URI is unknown until pushed.
     await upload(c, t.blobs[withheld]);
     expect((await errorOf(fetchDirectory({ uris: [u] }))).code).toBe(status.NOT_FOUND);
@@ -328,7 +336,11 @@ describe('bad input', () => {
       },
       /qualifier "a" is given more than once/,
     ],
-    ['a qualifier without a name', { uris: [uri('q')], qualifiers: [{ name: '', value: 'v' }] }, /empty name/],
+    [
+      'a qualifier without a name',
+      { uris: [uri('q')], qualifiers: [{ name: '', value: 'v' }] },
+      /empty name/,
+    ],
   ] as [string, DeepPartial<FetchBlobRequest>, RegExp][])(
     'rejects %s with INVALID_ARGUMENT',
     async (_what, req, message) => {

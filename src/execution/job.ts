@@ -1,0 +1,62 @@
+import type { Digest, DigestFunction } from '../common/digest.js';
+import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { Property } from './platform.js';
+
+/** REAPI ExecutionStage.Value. */
+export enum Stage {
+  UNKNOWN = 0,
+  CACHE_CHECK = 1,
+  QUEUED = 2,
+  EXECUTING = 3,
+  COMPLETED = 4,
+}
+
+export interface JobStatus {
+  code: number;
+  message: string;
+  /** Encoded google.protobuf.Any details (e.g. PreconditionFailure), passed through. */
+  details?: { typeUrl: string; value: Buffer }[];
+}
+
+/**
+ * One action to run, and the long-running operation that reports on it. Identical
+ * cacheable actions submitted while one is in flight share one Job (and its name).
+ */
+export interface Job {
+  /** The operation name: "{instance}/operations/{id}" (or "operations/{id}" for ""). */
+  name: string;
+  instance: string;
+  fn: DigestFunction;
+  actionDigest: Digest;
+  /** Encoded Action, as the lease payload. */
+  action: Buffer;
+  platform: Property[];
+  /** Lower runs sooner (REAPI ExecutionPolicy.priority). */
+  priority: number;
+  /** RequestMetadata.tool_invocation_id: the unit of fairness. */
+  invocation: string;
+  doNotCache: boolean;
+  /** Action.timeout in ms, 0 when none. */
+  timeoutMs: number;
+  stage: Stage;
+  /** Submission order, for FIFO within a priority and invocation. */
+  seq: number;
+  queuedAt: number;
+  startedAt?: number;
+  completedAt?: number;
+  /** Times a worker took the job and was lost before finishing it. */
+  attempts: number;
+  /** When no worker could be found that matches (reset when one appears). */
+  unmatchedSince?: number;
+  leaseId?: string;
+  botSession?: string;
+  cancelRequested: boolean;
+  result?: ActionResult;
+  status?: JobStatus;
+  cachedResult: boolean;
+  message: string;
+}
+
+export function operationName(instance: string, id: string): string {
+  return instance === '' ? `operations/${id}` : `${instance}/operations/${id}`;
+}

@@ -79,6 +79,22 @@ export class ActionCache {
     return stored;
   }
 
+  /** Stores a result the server itself produced (remote execution): no permission check. */
+  async record(
+    instance: string,
+    fn: DigestFunction,
+    actionDigest: Digest,
+    result: ActionResult,
+    ctx: StoreContext,
+  ): Promise<void> {
+    const stored = await this.normalise(fn, result, ctx);
+    await this.kv.put(
+      this.key(instance, fn, actionDigest),
+      Buffer.from(ActionResult.encode(stored).finish()),
+      ctx,
+    );
+  }
+
   /** Validates every digest and moves inlined contents into the CAS, so stored results only reference blobs. */
   private async normalise(
     fn: DigestFunction,

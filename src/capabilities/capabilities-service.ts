@@ -12,6 +12,8 @@ export interface CapabilitiesOptions {
   actionCacheUpdates: boolean;
   /** Whether this process serves the CAS/ActionCache (a split deployment may not). */
   cache: boolean;
+  /** The priority range when remote execution is served. */
+  execution?: { minPriority: number; maxPriority: number };
 }
 
 /** The REAPI versions remex implements: 2.0 up to 2.3 (output_paths, digest_function, compressors). */
@@ -38,11 +40,18 @@ export function serverCapabilities(options: CapabilitiesOptions): ServerCapabili
         }
       : undefined,
     executionCapabilities: {
+      // Workers stage and hash with SHA256; other functions are cache-only.
       digestFunction: 1,
-      execEnabled: false,
-      executionPriorityCapabilities: undefined,
+      execEnabled: options.execution !== undefined,
+      executionPriorityCapabilities: options.execution
+        ? {
+            priorities: [
+              { minPriority: options.execution.minPriority, maxPriority: options.execution.maxPriority },
+            ],
+          }
+        : undefined,
       supportedNodeProperties: [],
-      digestFunctions: [],
+      digestFunctions: options.execution ? [1] : [],
     },
     deprecatedApiVersion: undefined,
     lowApiVersion: LOW_API_VERSION,

@@ -23,20 +23,33 @@ export enum Code {
   UNAUTHENTICATED = 16,
 }
 
+/** A google.rpc.Status detail, already encoded as a google.protobuf.Any. */
+export interface StatusDetail {
+  typeUrl: string;
+  value: Buffer;
+}
+
 /** The one error type of remex: a message for the client plus the status code to send. */
 export class RemexError extends Error {
+  /** Machine-readable details sent with the status (e.g. a PreconditionFailure). */
+  readonly details: StatusDetail[];
+
   constructor(
     readonly code: Code,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; details?: StatusDetail[] },
   ) {
     super(message, options);
     this.name = 'RemexError';
+    this.details = options?.details ?? [];
   }
 
   /** A copy whose message is prefixed, e.g. with the name of the store that failed. */
   prefixed(prefix: string): RemexError {
-    return new RemexError(this.code, `${prefix}: ${this.message}`, { cause: this.cause });
+    return new RemexError(this.code, `${prefix}: ${this.message}`, {
+      cause: this.cause,
+      details: this.details,
+    });
   }
 }
 

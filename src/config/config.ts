@@ -84,6 +84,27 @@ export const configSchema = z.strictObject({
       idleTimeout: duration.default(10 * 60 * 1000),
     })
     .default({ path: 'uploads', idleTimeout: 10 * 60 * 1000 }),
+  execution: z
+    .strictObject({
+      /** Serve Execution, Operations and Bots (remote execution). */
+      enabled: z.boolean().default(true),
+      /** Accepted ExecutionPolicy.priority range; lower values run sooner. */
+      minPriority: z.number().int().default(-1000),
+      maxPriority: z.number().int().default(1000),
+      /** An unchanged operation is re-sent on Execute/WaitExecution streams this often. */
+      keepalive: duration.default(30_000),
+      /** A bot not heard from for this long is dropped; its action runs elsewhere. */
+      botSessionTimeout: duration.default(60_000),
+      /** Longest a bot's UpdateBotSession is held waiting for work. */
+      botPoll: duration.default(30_000),
+      /** Times an action may lose its worker before it fails with UNAVAILABLE. */
+      maxAttempts: z.number().int().min(1).default(3),
+      /** An action no connected worker can run fails with FAILED_PRECONDITION after this long. */
+      unschedulableTimeout: duration.default(60_000),
+      /** Finished operations stay visible to WaitExecution / GetOperation this long. */
+      completedRetention: duration.default(10 * 60_000),
+    })
+    .prefault({}),
   /** Time given to in-flight calls at SIGTERM before they are cut. */
   shutdownGrace: duration.default(10_000),
 });

@@ -9,6 +9,8 @@ export interface CallContext {
   /** REAPI RequestMetadata header sent by Bazel and recc, when present. */
   requestMetadata?: RequestMetadata;
   peer: string;
+  /** Absolute deadline (ms since epoch), when the client set one. */
+  deadline?: number;
 }
 
 const REQUEST_METADATA_KEY = 'build.bazel.remote.execution.v2.requestmetadata-bin';

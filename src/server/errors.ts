@@ -1,6 +1,7 @@
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code } from '../common/status.js';
+import { Status } from '../gen/google/rpc/status.js';
 import { log } from './log.js';
 
 /**
@@ -18,9 +19,15 @@ export function toServiceError(err: unknown, method: string): ServiceError {
     e.code === Code.UNKNOWN && !(err instanceof Error && err.name === 'RemexError')
       ? `internal error in ${method} (details are in the server log)`
       : e.message;
+  const metadata = new Metadata();
+  if (e.details.length > 0) {
+    // The rich status (google.rpc.Status with details) travels in this trailer, as gRPC specifies.
+    const rich = Status.encode({ code: e.code, message, details: e.details }).finish();
+    metadata.set('grpc-status-details-bin', Buffer.from(rich));
+  }
   return Object.assign(new Error(message), {
     code: e.code as number as status,
     details: message,
-    metadata: new Metadata(),
+    metadata,
   });
 }

@@ -27,6 +27,18 @@ import {
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { ByteStreamService } from '../gen/google/bytestream/bytestream.js';
 import { log } from './log.js';
+import { randomUUID } from 'node:crypto';
+import { Execution } from '../execution/execution.js';
+import { executionService } from '../execution/execution-service.js';
+import { operationsService } from '../execution/operations-service.js';
+import { Scheduler } from '../execution/scheduler.js';
+import { MemorySchedulerStore } from '../execution/scheduler-store.js';
+import { botsService } from '../bots/bots-service.js';
+import { ExecutionService } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { OperationsService } from '../gen/google/longrunning/operations.js';
+import { BotsService } from '../gen/google/devtools/remoteworkers/v1test2/bots.js';
+
+const timestamp = (ms: number) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
 
 export interface RunningServer {
   /** The address actually bound (with the real port when 0 was asked for). */
@@ -54,6 +66,34 @@ export async function startServer(config: Config): Promise<RunningServer> {
     maxInlineBytes: config.maxInlineBytes,
   });
   const assets = new AssetIndex(await createKeyValueStore(config.assets, config, 'assets'), cas);
+  const exec = config.execution;
+  const scheduler = new Scheduler({
+    now: Date.now,
+    newId: randomUUID,
+    store: new MemorySchedulerStore(),
+    botSessionTimeoutMs: exec.botSessionTimeout,
+    maxAttempts: exec.maxAttempts,
+    unschedulableTimeoutMs: exec.unschedulableTimeout,
+    completedRetentionMs: exec.completedRetention,
+    onSuccess: (job, result) => {
+      const stamped = {
+        ...result,
+        executionMetadata: result.executionMetadata && {
+          ...result.executionMetadata,
+          queuedTimestamp: timestamp(job.queuedAt),
+        },
+      };
+      return actionCache.record(job.instance, job.fn, job.actionDigest, stamped, {});
+    },
+    onError: (job, err) => log.error({ err, operation: job.name }, 'could not store the action result'),
+  });
+  const sweeper = setInterval(() => scheduler.sweep(), 1000);
+  sweeper.unref();
+  const execution = new Execution(scheduler, cas, actionCache, {
+    minPriority: exec.minPriority,
+    maxPriority: exec.maxPriority,
+    keepaliveMs: exec.keepalive,
+  });
 
   const server = new Server({
     'grpc.max_receive_message_length': config.maxBatchTotalSizeBytes + MESSAGE_OVERHEAD,
@@ -86,6 +126,17 @@ export async function startServer(config: Config): Promise<RunningServer> {
     ['build.bazel.remote.asset.v1.Fetch', FetchService, fetchService(assets, instances)],
     ['build.bazel.remote.asset.v1.Push', PushService, pushService(assets, instances)],
   ];
+  if (exec.enabled) {
+    services.push(
+      ['build.bazel.remote.execution.v2.Execution', ExecutionService, executionService(execution, instances)],
+      ['google.longrunning.Operations', OperationsService, operationsService(execution)],
+      [
+        'google.devtools.remoteworkers.v1test2.Bots',
+        BotsService,
+        botsService(scheduler, instances, { pollMs: exec.botPoll }),
+      ],
+    );
+  }
   for (const [, definition, impl] of services) server.addService(definition, impl);
 
   const health = new HealthImplementation({
@@ -128,6 +179,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
             resolve();
           });
         });
+        clearInterval(sweeper);
         await uploads.close();
         await Promise.all([casStore.close?.(), acStore.close?.()]);
         log.info({ address }, 'remex stopped');

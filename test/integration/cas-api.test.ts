@@ -53,7 +53,12 @@ describe('Capabilities', () => {
     expect(cache.actionCacheUpdateCapabilities?.updateEnabled).toBe(true);
     expect(cache.supportedCompressors).toEqual([1]);
     expect(cache.supportedBatchUpdateCompressors).toEqual([1]);
-    expect(caps.executionCapabilities?.execEnabled).toBe(false);
+    expect(caps.executionCapabilities).toMatchObject({
+      execEnabled: true,
+      digestFunction: 1,
+      digestFunctions: [1],
+      executionPriorityCapabilities: { priorities: [{ minPriority: -1000, maxPriority: 1000 }] },
+    });
     expect(caps.lowApiVersion).toMatchObject({ major: 2, minor: 0 });
     expect(caps.highApiVersion).toMatchObject({ major: 2, minor: 3 });
   });

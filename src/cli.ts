@@ -10,6 +10,7 @@ commands:
             --config FILE     YAML config (see config/remex.reference.yaml)
             --listen ADDR     host:port to listen on (default 127.0.0.1:50051)
             --data-dir DIR    base directory for storage (default ~/.cache/remex)
+            --workers N       local workers to run inside the server (default: CPU count)
   help      show this text
 `;
 
@@ -20,12 +21,19 @@ async function serve(args: string[]): Promise<void> {
       config: { type: 'string' },
       listen: { type: 'string' },
       'data-dir': { type: 'string' },
+      workers: { type: 'string' },
     },
     strict: true,
   });
   const config = await loadConfig(values.config);
   if (values.listen) config.listen = values.listen;
   if (values['data-dir']) config.dataDir = values['data-dir'];
+  if (values.workers !== undefined) {
+    const count = Number(values.workers);
+    if (!Number.isInteger(count) || count < 0)
+      throw new ConfigError(`--workers ${values.workers}: expected a whole number >= 0`);
+    config.workers.count = count;
+  }
   const server = await startServer(config);
   // Machine-readable line for scripts and tests that start remex on port 0.
   process.stdout.write(`remex listening on ${server.address}\n`);

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -103,6 +103,17 @@ export const configSchema = z.strictObject({
       unschedulableTimeout: duration.default(60_000),
       /** Finished operations stay visible to WaitExecution / GetOperation this long. */
       completedRetention: duration.default(10 * 60_000),
+    })
+    .prefault({}),
+  /** Workers started inside `remex serve`, talking to it over loopback (the embedded default). */
+  workers: z
+    .strictObject({
+      /** How many actions run at once on this machine; 0 starts no local worker. Default: CPU count. */
+      count: z.number().int().min(0).default(availableParallelism()),
+      /** Extra worker properties ("key=value"), beyond OSFamily and ISA of this host. */
+      properties: z.array(z.string().regex(/^[^=]+=.*$/, 'expected "key=value"')).default([]),
+      /** Working directory for staged inputs and the local blob cache (relative to dataDir). */
+      workDir: z.string().default('workers'),
     })
     .prefault({}),
   /** Time given to in-flight calls at SIGTERM before they are cut. */

@@ -76,3 +76,22 @@ export function unaryCall<Req, Res>(
     ),
   );
 }
+
+import { ExecutionClient } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { OperationsClient } from '../../src/gen/google/longrunning/operations.js';
+import { BotsClient } from '../../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
+
+/** Clients for the execution side: Execution, Operations and Bots. */
+export function executionClientsFor(address: string) {
+  const c = credentials.createInsecure();
+  return {
+    execution: new ExecutionClient(address, c, OPTIONS),
+    operations: new OperationsClient(address, c, OPTIONS),
+    bots: new BotsClient(address, c, OPTIONS),
+    close() {
+      this.execution.close();
+      this.operations.close();
+      this.bots.close();
+    },
+  };
+}

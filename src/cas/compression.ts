@@ -68,30 +68,22 @@ export function zstdDecompressStream(maxBytes: number): Transform {
 }
 
 /** Decompresses one in-memory zstd blob (batch calls), bounded by the declared size. */
-export async function zstdDecompressBuffer(data: Buffer, expectedSize: number): Promise<Buffer> {
-  const stream = zstdDecompressStream(expectedSize);
-  const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', resolve);
-    stream.on('error', reject);
-  });
-  stream.end(data);
-  await done;
-  return Buffer.concat(chunks);
+export function zstdDecompressBuffer(data: Buffer, expectedSize: number): Promise<Buffer> {
+  return transformBuffer(zstdDecompressStream(expectedSize), data);
 }
 
-export async function zstdCompressBuffer(data: Buffer): Promise<Buffer> {
-  const stream = zstdCompressStream();
+export function zstdCompressBuffer(data: Buffer): Promise<Buffer> {
+  return transformBuffer(zstdCompressStream(), data);
+}
+
+function transformBuffer(stream: Transform, data: Buffer): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
+  return new Promise<Buffer>((resolve, reject) => {
     stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', resolve);
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
     stream.on('error', reject);
+    stream.end(data);
   });
-  stream.end(data);
-  await done;
-  return Buffer.concat(chunks);
 }
 
 const OUT_CHUNK = binding.dStreamOutSize();

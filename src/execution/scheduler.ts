@@ -31,17 +31,19 @@ export interface SchedulerOptions {
   onError?(job: Job, err: unknown): void;
 }
 
-export interface SubmitRequest {
-  instance: string;
-  fn: DigestFunction;
-  actionDigest: Digest;
-  action: Buffer;
-  platform: Property[];
-  priority: number;
-  invocation: string;
-  doNotCache: boolean;
-  timeoutMs: number;
-}
+/** What Execute hands the scheduler: the job's identity, payload and policy. */
+export type SubmitRequest = Pick<
+  Job,
+  | 'instance'
+  | 'fn'
+  | 'actionDigest'
+  | 'action'
+  | 'platform'
+  | 'priority'
+  | 'invocation'
+  | 'doNotCache'
+  | 'timeoutMs'
+>;
 
 export interface LeaseView {
   id: string;

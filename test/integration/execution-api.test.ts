@@ -78,16 +78,11 @@ describe('Execution with a scripted bot', () => {
     lease.state = 2; // ACTIVE
     bot = await update(bot);
     const stdout = Buffer.from('hello from the bot\n');
-    await unaryCall(
-      c.cas,
-      (await import('../../src/gen/build/bazel/remote/execution/v2/remote_execution.js'))
-        .ContentAddressableStorageService.batchUpdateBlobs,
-      {
-        instanceName: '',
-        digestFunction: 0,
-        requests: [{ digest: digestOf(stdout), data: stdout, compressor: 0 }],
-      },
-    );
+    await unaryCall(c.cas, ContentAddressableStorageService.batchUpdateBlobs, {
+      instanceName: '',
+      digestFunction: 0,
+      requests: [{ digest: digestOf(stdout), data: stdout, compressor: 0 }],
+    });
     const result = ActionResult.fromPartial({ exitCode: 0, stdoutDigest: digestOf(stdout) });
     bot.leases = [
       {

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/config.js';
 import { startServer } from './server/server.js';
 import { log } from './server/log.js';
+import { runWorkerCommand } from '../workers/cli.js';
 
 const USAGE = `usage: remex <command> [options]
 
@@ -11,6 +12,7 @@ commands:
             --listen ADDR     host:port to listen on (default 127.0.0.1:50051)
             --data-dir DIR    base directory for storage (default ~/.cache/remex)
             --workers N       local workers to run inside the server (default: CPU count)
+  worker    run a worker that takes actions from a remex server (remex worker --help)
   help      show this text
 `;
 
@@ -62,6 +64,8 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'serve':
       return serve(rest);
+    case 'worker':
+      return runWorkerCommand(rest);
     case undefined:
     case 'help':
     case '--help':

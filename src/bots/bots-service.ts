@@ -1,4 +1,9 @@
-import type { BotSession, BotsServer, Lease } from '../gen/google/devtools/remoteworkers/v1test2/bots.js';
+import {
+  BotStatus,
+  type BotSession,
+  type BotsServer,
+  type Lease,
+} from '../gen/google/devtools/remoteworkers/v1test2/bots.js';
 import { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Instances } from '../common/instances.js';
 import { invalidArgument } from '../common/status.js';
@@ -60,7 +65,13 @@ export function botsService(scheduler: Scheduler, instances: Instances, options:
       // Answer a little before the client's deadline, so a lease found late is not lost in transit.
       const untilDeadline = ctx.deadline === undefined ? Infinity : ctx.deadline - Date.now() - 1000;
       const waitMs = Math.max(0, Math.min(options.pollMs, untilDeadline));
-      const view = await scheduler.updateBotSession(req.name, reports, waitMs, ctx.signal);
+      const view = await scheduler.updateBotSession(
+        req.name,
+        reports,
+        waitMs,
+        ctx.signal,
+        session.status === BotStatus.OK,
+      );
       return toProto(view, session);
     }),
   };

@@ -267,3 +267,21 @@ describe('Scheduler', () => {
     expect(scheduler.get(job.name)).toBeUndefined();
   });
 });
+
+describe('Scheduler and bot health', () => {
+  it('gives no new lease to a bot that is not accepting work, and does not hold it', async () => {
+    const { scheduler } = setup();
+    const bot = scheduler.createBotSession('', 'bot', linux);
+    scheduler.submit(request());
+    const answer = await scheduler.updateBotSession(bot.name, [], 60_000, undefined, false);
+    expect(answer.leases).toEqual([]);
+  });
+
+  it('close() answers held polls at once', async () => {
+    const { scheduler } = setup();
+    const bot = scheduler.createBotSession('', 'bot', linux);
+    const poll = scheduler.updateBotSession(bot.name, [], 60_000);
+    scheduler.close();
+    expect((await poll).leases).toEqual([]);
+  });
+});

@@ -67,6 +67,8 @@ interface Session {
   lease?: { id: string; job: Job; state: LeaseState };
   /** Set while the bot long-polls: waking it returns its poll. */
   wake?: () => void;
+  /** False while the bot reports itself unhealthy or terminating. */
+  acceptsWork: boolean;
   /** A cancelled lease to tell the bot about in its next answer. */
   cancelled?: { id: string; job: Job };
 }
@@ -95,6 +97,7 @@ export class Scheduler {
   private readonly lastServed = new Map<string, number>();
   private seq = 0;
   private dispatches = 0;
+  private closing = false;
 
   constructor(private readonly options: SchedulerOptions) {}
 
@@ -218,6 +221,7 @@ export class Scheduler {
       instance,
       offer,
       expireAt: this.options.now() + this.options.botSessionTimeoutMs,
+      acceptsWork: true,
     };
     this.sessions.set(session.name, session);
     this.sessionsByBot.set(botId, session.name);
@@ -239,14 +243,18 @@ export class Scheduler {
     reports: LeaseReport[],
     waitMs: number,
     signal?: AbortSignal,
+    acceptsWork = true,
   ): Promise<SessionView> {
     const session = this.sessions.get(name);
     if (!session) throw notFound(`bot session ${name} is unknown or expired; create a new one`);
     session.expireAt = this.options.now() + this.options.botSessionTimeoutMs;
+    session.acceptsWork = acceptsWork;
     for (const report of reports) await this.takeReport(session, report);
-    if (!session.cancelled) this.tryAssign(session);
+    // A bot that is unhealthy or terminating gets no new work and is not held.
+    if (!acceptsWork) waitMs = 0;
+    else if (!session.cancelled) this.tryAssign(session);
     const settled = () => session.cancelled !== undefined || session.lease?.state === LeaseState.PENDING;
-    if (!settled() && waitMs > 0 && !signal?.aborted) {
+    if (!settled() && waitMs > 0 && !signal?.aborted && !this.closing) {
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);
@@ -403,7 +411,7 @@ export class Scheduler {
 
   private dispatchToWaitingBots(): void {
     for (const session of this.sessions.values()) {
-      if (session.wake && !session.lease && this.tryAssign(session)) session.wake();
+      if (session.wake && session.acceptsWork && !session.lease && this.tryAssign(session)) session.wake();
     }
   }
 
@@ -443,6 +451,12 @@ export class Scheduler {
     if (session.lease)
       leases.push({ id: session.lease.id, state: session.lease.state, job: session.lease.job });
     return { name: session.name, botId: session.botId, expireAt: session.expireAt, leases };
+  }
+
+  /** Answers every held poll now and holds no more: for a prompt server shutdown. */
+  close(): void {
+    this.closing = true;
+    for (const session of this.sessions.values()) session.wake?.();
   }
 
   /** Bot sessions currently registered (for tests and metrics). */

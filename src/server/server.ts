@@ -27,6 +27,8 @@ import {
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { ByteStreamService } from '../gen/google/bytestream/bytestream.js';
 import { log } from './log.js';
+import { startWorker } from '../../workers/worker.js';
+import { parseProperty } from '../../workers/worker-properties.js';
 import { randomUUID } from 'node:crypto';
 import { Execution } from '../execution/execution.js';
 import { executionService } from '../execution/execution-service.js';
@@ -110,6 +112,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
         maxBatchTotalSizeBytes: config.maxBatchTotalSizeBytes,
         actionCacheUpdates: config.actionCacheUpdates,
         cache: true,
+        execution: exec.enabled
+          ? { minPriority: exec.minPriority, maxPriority: exec.maxPriority }
+          : undefined,
       }),
     ],
     [
@@ -161,12 +166,38 @@ export async function startServer(config: Config): Promise<RunningServer> {
     'remex serving',
   );
 
+  // The embedded default: local workers in this process, reaching the server over loopback
+  // through the same Bots and CAS services a remote worker uses.
+  // Bot sessions belong to one instance, so each instance name gets its own slots.
+  const localWorkers =
+    exec.enabled && config.workers.count > 0
+      ? await Promise.all(
+          config.instanceNames.map((instanceName, i) =>
+            startWorker({
+              server: address.startsWith('0.0.0.0:') ? `127.0.0.1:${port}` : address,
+              instanceName,
+              capacity: config.workers.count,
+              properties: config.workers.properties.map(parseProperty),
+              workDir: resolvePath(config, config.workers.workDir),
+              name: `local${i}`,
+            }),
+          ),
+        )
+      : [];
+  if (localWorkers.length > 0)
+    log.info(
+      { slots: config.workers.count, instances: config.instanceNames.length },
+      'local workers started',
+    );
+
   let closed: Promise<void> | undefined;
   return {
     address,
     port,
     close(graceMs = config.shutdownGrace) {
       closed ??= (async () => {
+        await Promise.all(localWorkers.map((w) => w.stop()));
+        scheduler.close();
         for (const [name] of services) health.setStatus(name, 'NOT_SERVING');
         health.setStatus('', 'NOT_SERVING');
         await new Promise<void>((resolve) => {

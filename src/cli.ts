@@ -1,8 +1,10 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/config.js';
+import { RemexError } from './common/status.js';
 import { startServer } from './server/server.js';
 import { log } from './server/log.js';
 import { runWorkerCommand } from '../workers/cli.js';
+import { runExecuteCommand } from './client/execute-command.js';
 
 const USAGE = `usage: remex <command> [options]
 
@@ -12,6 +14,7 @@ commands:
             --listen ADDR     host:port to listen on (default 127.0.0.1:50051)
             --data-dir DIR    base directory for storage (default ~/.cache/remex)
             --workers N       local workers to run inside the server (default: CPU count)
+  execute   run one command remotely (remex execute --help)
   worker    run a worker that takes actions from a remex server (remex worker --help)
   help      show this text
 `;
@@ -66,6 +69,9 @@ async function main(argv: string[]): Promise<void> {
       return serve(rest);
     case 'worker':
       return runWorkerCommand(rest);
+    case 'execute':
+      process.exitCode = await runExecuteCommand(rest);
+      return;
     case undefined:
     case 'help':
     case '--help':
@@ -79,10 +85,15 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
+  const isStatus =
+    err instanceof RemexError ||
+    (err instanceof Error && typeof (err as { details?: unknown }).details === 'string');
   if (
+    isStatus ||
     err instanceof ConfigError ||
     (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS'))
   ) {
+    // Statuses from the server or remex, bad flags and bad config: the message says it all.
     process.stderr.write(`remex: ${err.message}\n`);
   } else {
     process.stderr.write(`remex: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -108,6 +108,12 @@ export class ActionExecutor {
         signal,
         stdoutPath,
         stderrPath,
+        platform: new Map(
+          (action.platform?.properties.length ? action.platform : command.platform)?.properties.map((p) => [
+            p.name,
+            p.value,
+          ]) ?? [],
+        ),
       });
       metadata.executionStartTimestamp = toTimestamp(run.startedAt);
       metadata.executionCompletedTimestamp = toTimestamp(run.completedAt);

@@ -25,6 +25,7 @@ function spec(argv: string[], extra: Partial<RunSpec> = {}): RunSpec {
     signal: new AbortController().signal,
     stdoutPath: join(dir, 'stdout'),
     stderrPath: join(dir, 'stderr'),
+    platform: new Map(),
     ...extra,
   };
 }

@@ -18,6 +18,12 @@ export interface RunSpec {
   /** Files that receive stdout and stderr (created or truncated); output is never buffered whole. */
   stdoutPath: string;
   stderrPath: string;
+  /**
+   * The action's platform properties (Action.platform, else Command.platform), name → value.
+   * Runners read their options here (network, container-image, chrootRootDigest, ...) and
+   * fail the action with a clear status when they cannot honour one.
+   */
+  platform: ReadonlyMap<string, string>;
 }
 
 export interface RunResult {

@@ -103,6 +103,11 @@ export const configSchema = z.strictObject({
       unschedulableTimeout: duration.default(60_000),
       /** Finished operations stay visible to WaitExecution / GetOperation this long. */
       completedRetention: duration.default(10 * 60_000),
+      /**
+       * How platform properties are matched, by name, over the defaults (cpus and memory:
+       * minimum; network, container-image, chrootRootDigest, docker-pull: option; others exact).
+       */
+      propertyTypes: z.record(z.string(), z.enum(['exact', 'minimum', 'option'])).default({}),
     })
     .prefault({}),
   /** Workers started inside `remex serve`, talking to it over loopback (the embedded default). */

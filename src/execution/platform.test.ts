@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { matches, normalisePlatform, offerOf, unmetRequirements } from './platform.js';
+import {
+  matches,
+  normalisePlatform,
+  offerOf,
+  parseQuantity,
+  propertyTypes,
+  unmetRequirements,
+} from './platform.js';
 
 describe('platform matching', () => {
   const offer = offerOf([
@@ -46,5 +53,49 @@ describe('platform matching', () => {
       { name: 'a', value: '2' },
       { name: 'b', value: '1' },
     ]);
+  });
+});
+
+describe('property types', () => {
+  const types = propertyTypes({ pool: 'exact' });
+  const offer = offerOf([
+    { key: 'cpus', value: '8' },
+    { key: 'memory', value: '16Gi' },
+    { key: 'pool', value: 'big' },
+  ]);
+
+  it('matches quantities as minimums, with units', () => {
+    expect(matches([{ name: 'cpus', value: '4' }], offer, types)).toBe(true);
+    expect(matches([{ name: 'cpus', value: '16' }], offer, types)).toBe(false);
+    expect(matches([{ name: 'memory', value: '512m' }], offer, types)).toBe(true);
+    expect(matches([{ name: 'memory', value: '32Gi' }], offer, types)).toBe(false);
+    expect(matches([{ name: 'memory', value: 'lots' }], offer, types)).toBe(false);
+  });
+
+  it('does not match options: they are for the runner', () => {
+    expect(
+      matches(
+        [
+          { name: 'network', value: 'on' },
+          { name: 'container-image', value: 'docker://x:1' },
+        ],
+        offer,
+        types,
+      ),
+    ).toBe(true);
+  });
+
+  it('matches anything else exactly, and overrides apply', () => {
+    expect(matches([{ name: 'pool', value: 'small' }], offer, types)).toBe(false);
+    expect(matches([{ name: 'pool', value: 'small' }], offer, propertyTypes({ pool: 'option' }))).toBe(true);
+  });
+
+  it('parses quantities', () => {
+    expect(parseQuantity('2')).toBe(2);
+    expect(parseQuantity('0.5')).toBe(0.5);
+    expect(parseQuantity('1k')).toBe(1000);
+    expect(parseQuantity('1Ki')).toBe(1024);
+    expect(parseQuantity('2GiB')).toBe(2 * 2 ** 30);
+    expect(parseQuantity('x')).toBeNaN();
   });
 });

@@ -18,15 +18,75 @@ export function offerOf(properties: readonly { key: string; value: string }[]): 
 }
 
 /**
- * The requirements a worker does not meet: every requested name must be offered with
- * the requested value (a key offered with several values matches any of them).
+ * How a platform property is matched against what a worker offers (NativeLink's model):
+ * - exact: the worker offers the key with this value (a key offered with several values
+ *   matches any of them);
+ * - minimum: a quantity (cpus, memory); the worker must offer at least as much;
+ * - option: not matched at all; passed to the runner, which applies it or fails the
+ *   action (network, container-image, chrootRootDigest).
  */
-export function unmetRequirements(required: readonly Property[], offer: Offer): Property[] {
-  return required.filter((p) => !offer.get(p.name)?.has(p.value));
+export type PropertyType = 'exact' | 'minimum' | 'option';
+
+export type PropertyTypes = (name: string) => PropertyType;
+
+/** The defaults: quantities are minimums, runner options are options, the rest exact. */
+export const DEFAULT_PROPERTY_TYPES: Readonly<Record<string, PropertyType>> = {
+  cpus: 'minimum',
+  memory: 'minimum',
+  network: 'option',
+  'container-image': 'option',
+  chrootRootDigest: 'option',
+  'docker-pull': 'option',
+};
+
+export function propertyTypes(overrides: Readonly<Record<string, PropertyType>> = {}): PropertyTypes {
+  const types = { ...DEFAULT_PROPERTY_TYPES, ...overrides };
+  return (name) => types[name] ?? 'exact';
 }
 
-export function matches(required: readonly Property[], offer: Offer): boolean {
-  return unmetRequirements(required, offer).length === 0;
+const UNIT = /^(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?$/i;
+const FACTORS: Record<string, number> = {
+  k: 1e3,
+  m: 1e6,
+  g: 1e9,
+  t: 1e12,
+  ki: 2 ** 10,
+  mi: 2 ** 20,
+  gi: 2 ** 30,
+  ti: 2 ** 40,
+};
+
+/** A quantity such as "4", "0.5", "512m", "2Gi", "1GiB"; NaN when it is not one. */
+export function parseQuantity(text: string): number {
+  const m = UNIT.exec(text.trim());
+  if (!m) return NaN;
+  const unit = (m[2] ?? '').toLowerCase().replace(/b$/, '');
+  const factor = unit === '' ? 1 : FACTORS[unit];
+  return factor === undefined ? NaN : Number(m[1]) * factor;
+}
+
+function offered(p: Property, offer: Offer, type: PropertyType): boolean {
+  if (type === 'option') return true;
+  const values = offer.get(p.name);
+  if (!values) return false;
+  if (type === 'exact') return values.has(p.value);
+  const wanted = parseQuantity(p.value);
+  if (Number.isNaN(wanted)) return false;
+  for (const v of values) if (parseQuantity(v) >= wanted) return true;
+  return false;
+}
+
+/** The requirements a worker does not meet, by each property's type (exact by default). */
+export function unmetRequirements(
+  required: readonly Property[],
+  offer: Offer,
+  types: PropertyTypes = () => 'exact',
+): Property[] {
+  return required.filter((p) => !offered(p, offer, types(p.name)));
+}
+
+export function matches(required: readonly Property[], offer: Offer, types?: PropertyTypes): boolean {
+  return unmetRequirements(required, offer, types).length === 0;
 }
 
 export function describeProperties(properties: readonly Property[]): string {

@@ -2,7 +2,14 @@ import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, failedPrecondition, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { Stage, operationName, type Job, type JobStatus } from './job.js';
-import { describeProperties, matches, unmetRequirements, type Offer, type Property } from './platform.js';
+import {
+  describeProperties,
+  matches,
+  unmetRequirements,
+  type Offer,
+  type Property,
+  type PropertyTypes,
+} from './platform.js';
 import type { SchedulerStore } from './scheduler-store.js';
 
 /** google.devtools.remoteworkers.v1test2.LeaseState values. */
@@ -27,6 +34,8 @@ export interface SchedulerOptions {
   completedRetentionMs: number;
   /** Called with each successful result before the operation is marked complete (writes the AC). */
   onSuccess?(job: Job, result: ActionResult): Promise<void>;
+  /** How each platform property is matched (default: all exact). */
+  propertyTypes?: PropertyTypes;
   /** Called when onSuccess fails; the operation still completes. */
   onError?(job: Job, err: unknown): void;
 }
@@ -385,7 +394,8 @@ export class Scheduler {
     const offers = [...this.sessions.values()];
     const unmet = new Map<string, Property>();
     for (const s of offers)
-      for (const p of unmetRequirements(job.platform, s.offer)) unmet.set(`${p.name}=${p.value}`, p);
+      for (const p of unmetRequirements(job.platform, s.offer, this.options.propertyTypes))
+        unmet.set(`${p.name}=${p.value}`, p);
     const missing = offers.length === 0 ? job.platform : [...unmet.values()];
     const e = failedPrecondition(
       offers.length === 0
@@ -401,7 +411,9 @@ export class Scheduler {
   }
 
   private sessionMatches(session: Session, job: Job): boolean {
-    return session.instance === job.instance && matches(job.platform, session.offer);
+    return (
+      session.instance === job.instance && matches(job.platform, session.offer, this.options.propertyTypes)
+    );
   }
 
   private removeFromQueue(job: Job): void {

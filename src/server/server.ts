@@ -34,6 +34,7 @@ import { Execution } from '../execution/execution.js';
 import { executionService } from '../execution/execution-service.js';
 import { operationsService } from '../execution/operations-service.js';
 import { Scheduler } from '../execution/scheduler.js';
+import { propertyTypes } from '../execution/platform.js';
 import { MemorySchedulerStore } from '../execution/scheduler-store.js';
 import { botsService } from '../bots/bots-service.js';
 import { ExecutionService } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
@@ -77,6 +78,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     maxAttempts: exec.maxAttempts,
     unschedulableTimeoutMs: exec.unschedulableTimeout,
     completedRetentionMs: exec.completedRetention,
+    propertyTypes: propertyTypes(exec.propertyTypes),
     onSuccess: (job, result) => {
       const stamped = {
         ...result,

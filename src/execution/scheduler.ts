@@ -36,6 +36,8 @@ export interface SchedulerOptions {
   onSuccess?(job: Job, result: ActionResult): Promise<void>;
   /** How each platform property is matched (default: all exact). */
   propertyTypes?: PropertyTypes;
+  /** Called when a job loses its worker (session expired, bot re-registered, lease returned). */
+  onRequeue?(job: Job, why: string): void;
   /** Called when onSuccess fails; the operation still completes. */
   onError?(job: Job, err: unknown): void;
 }
@@ -337,6 +339,7 @@ export class Scheduler {
 
   private requeue(job: Job, why: string): void {
     job.attempts++;
+    this.options.onRequeue?.(job, why);
     job.leaseId = undefined;
     job.botSession = undefined;
     if (job.attempts >= this.options.maxAttempts) {

@@ -89,6 +89,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
       };
       return actionCache.record(job.instance, job.fn, job.actionDigest, stamped, {});
     },
+    onRequeue: (job, why) =>
+      log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
     onError: (job, err) => log.error({ err, operation: job.name }, 'could not store the action result'),
   });
   const sweeper = setInterval(() => scheduler.sweep(), 1000);

@@ -2,7 +2,9 @@
 # Installs the real tools the integration tests run against, from Debian's packages:
 #   bazel-bootstrap (Bazel 4.2.3), default-jdk-headless (its JVM), build-essential (gcc,
 #   which Bazel's C++ toolchain detection needs even for shell rules), buildstream
-#   (BuildStream 1.6.8) and bubblewrap (which bst requires).
+#   (BuildStream 1.6.8), bubblewrap (which bst and the bubblewrap runner use), docker.io
+#   (the docker runner's engine) and busybox-static (the root filesystems of test images
+#   and chroots).
 # Needs root and Debian's package archive. When it cannot install something it says why;
 # the tests that need the missing tool then fail with that reason.
 set -uo pipefail
@@ -13,9 +15,11 @@ command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v gcc >/dev/null 2>&1 || need+=(build-essential)
 command -v bst >/dev/null 2>&1 || need+=(buildstream)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+[ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "setup-test-deps: bazel, javac, gcc, bst and bwrap are installed"
+  echo "setup-test-deps: bazel, javac, gcc, bst, bwrap, dockerd and busybox are installed"
   exit 0
 fi
 

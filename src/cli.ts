@@ -5,6 +5,7 @@ import { startServer } from './server/server.js';
 import { log } from './server/log.js';
 import { runWorkerCommand } from '../workers/cli.js';
 import { runExecuteCommand } from './client/execute-command.js';
+import { runChrootCommand } from './client/chroot-command.js';
 
 const USAGE = `usage: remex <command> [options]
 
@@ -15,6 +16,7 @@ commands:
             --data-dir DIR    base directory for storage (default ~/.cache/remex)
             --workers N       local workers to run inside the server (default: CPU count)
   execute   run one command remotely (remex execute --help)
+  chroot    make a root file system for the userchroot runner (remex chroot --help)
   worker    run a worker that takes actions from a remex server (remex worker --help)
   help      show this text
 `;
@@ -69,6 +71,8 @@ async function main(argv: string[]): Promise<void> {
       return serve(rest);
     case 'worker':
       return runWorkerCommand(rest);
+    case 'chroot':
+      return runChrootCommand(rest);
     case 'execute':
       process.exitCode = await runExecuteCommand(rest);
       return;

@@ -2,6 +2,7 @@ import { availableParallelism, homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../src/config/config.js';
+import { detectRunners, RUNNER_PROPERTY } from './runner-selection.js';
 import { startWorker } from './worker.js';
 import { parseProperty } from './worker-properties.js';
 
@@ -15,6 +16,14 @@ export const WORKER_USAGE = `usage: remex worker --server ADDR [options]
                       (OSFamily and ISA of this host are added unless given)
   --work-dir DIR      blob cache and action directories (default: ~/.cache/remex/worker)
   --name NAME         bot id prefix (default: the host name)
+  --runners LIST      runners to offer, comma-separated (default: every one this host can
+                      run: hosttools always, bubblewrap when bwrap works); each is
+                      advertised as a value of property runner
+  --default-runner NAME
+                      runner of actions without a runner property (default:
+                      hosttools, or the first of --runners without it)
+  --allow-network     let sandboxed runners give an action the network when its
+                      platform asks for network=on (default: refused, FAILED_PRECONDITION)
 `;
 
 /**
@@ -32,6 +41,9 @@ export async function runWorkerCommand(args: string[]): Promise<void> {
       property: { type: 'string', multiple: true, default: [] },
       'work-dir': { type: 'string' },
       name: { type: 'string' },
+      runners: { type: 'string' },
+      'default-runner': { type: 'string' },
+      'allow-network': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -52,6 +64,28 @@ export async function runWorkerCommand(args: string[]): Promise<void> {
       throw new ConfigError(`--${(err as Error).message}`);
     }
   });
+  const runnerNames = values.runners?.split(',').map((n) => n.trim());
+  if (runnerNames?.some((n) => n === '')) {
+    throw new ConfigError(`--runners ${JSON.stringify(values.runners)}: expected names separated by commas`);
+  }
+  const runners = await detectRunners({ only: runnerNames, allowNetwork: values['allow-network'] }).catch(
+    (err: unknown) => {
+      throw err instanceof ConfigError ? new ConfigError(`--runners: ${err.message}`) : err;
+    },
+  );
+  const defaultRunner = values['default-runner'];
+  if (defaultRunner !== undefined && !runners.has(defaultRunner)) {
+    throw new ConfigError(
+      `--default-runner ${defaultRunner}: not offered by this worker (it offers ${[...runners.keys()].join(', ')})`,
+    );
+  }
+  for (const p of properties) {
+    if (p.key === RUNNER_PROPERTY && !runners.has(p.value)) {
+      throw new ConfigError(
+        `--property ${RUNNER_PROPERTY}=${p.value}: not offered by this worker (use --runners; it offers ${[...runners.keys()].join(', ')})`,
+      );
+    }
+  }
   const worker = await startWorker({
     server: values.server,
     cas: values.cas,
@@ -60,8 +94,12 @@ export async function runWorkerCommand(args: string[]): Promise<void> {
     properties,
     workDir: values['work-dir'] ?? join(homedir(), '.cache', 'remex', 'worker'),
     name: values.name,
+    runners,
+    defaultRunner,
   });
-  process.stdout.write(`remex worker running ${capacity} slot(s) against ${values.server}\n`);
+  process.stdout.write(
+    `remex worker running ${capacity} slot(s) against ${values.server} with runners ${[...runners.keys()].join(', ')} (default ${worker.defaultRunner})\n`,
+  );
   await new Promise<void>((resolve) => {
     let stopping = false;
     const onSignal = (signal: NodeJS.Signals) => {

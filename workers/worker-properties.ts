@@ -1,4 +1,5 @@
 import { arch, platform } from 'node:process';
+import { RUNNER_PROPERTY } from './runner-selection.js';
 
 export interface WorkerProperty {
   key: string;
@@ -27,12 +28,29 @@ export function parseProperty(text: string): WorkerProperty {
 /**
  * The properties a worker advertises: those given (a key may appear with several values,
  * each matching), plus OSFamily and ISA of this host unless given: linux / macos / windows
- * and x86-64 / aarch64 / ..., the values remex's platform matching expects.
+ * and x86-64 / aarch64 / ..., the values remex's platform matching expects; plus `runner`
+ * once for each runner offered (a given `runner` value must be one of them).
  */
-export function workerProperties(given: readonly WorkerProperty[]): WorkerProperty[] {
+export function workerProperties(
+  given: readonly WorkerProperty[],
+  runners: readonly string[] = [],
+): WorkerProperty[] {
   const props = [...given];
   const has = (key: string) => props.some((p) => p.key === key);
   if (!has('OSFamily')) props.push({ key: 'OSFamily', value: OS_FAMILIES[platform] ?? platform });
   if (!has('ISA')) props.push({ key: 'ISA', value: ISAS[arch] ?? arch });
+  if (runners.length > 0) {
+    for (const p of given) {
+      if (p.key === RUNNER_PROPERTY && !runners.includes(p.value)) {
+        throw new Error(
+          `property ${RUNNER_PROPERTY}=${p.value}: this worker does not offer that runner (it offers ${runners.join(', ')})`,
+        );
+      }
+    }
+    for (const name of runners) {
+      if (!props.some((p) => p.key === RUNNER_PROPERTY && p.value === name))
+        props.push({ key: RUNNER_PROPERTY, value: name });
+    }
+  }
   return props;
 }

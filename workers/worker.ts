@@ -10,10 +10,11 @@ import { BlobCache } from './blob-cache.js';
 import { BotSlot } from './bot-slot.js';
 import { CasClient } from './cas-client.js';
 import { CHANNEL_OPTIONS } from './grpc-call.js';
-import { HostToolsRunner } from './hosttools-runner.js';
 import { removeTree } from './remove-tree.js';
 import { makeOwnedDir } from './stale-dirs.js';
 import type { Runner } from './runner.js';
+import { detectRunners, RunnerSelector } from './runner-selection.js';
+import { ChrootStore } from './chroot-store.js';
 import { workerProperties, type WorkerProperty } from './worker-properties.js';
 
 export interface WorkerOptions {
@@ -30,8 +31,17 @@ export interface WorkerOptions {
   workDir: string;
   /** Prefix of the bot ids (default: the host name); ids are `${name}-${pid}-${slot}`. */
   name?: string;
-  /** How commands run (default: hosttools). */
-  runner?: Runner;
+  /**
+   * The runners offered, name → Runner, each advertised as a `runner` property value
+   * (default: detected on this host, see runnerNames and allowNetwork).
+   */
+  runners?: ReadonlyMap<string, Runner>;
+  /** With runners detected: offer exactly these, each of which must work here (default: all that do). */
+  runnerNames?: string[];
+  /** The runner of actions without a `runner` platform property (default: hosttools, else the first offered). */
+  defaultRunner?: string;
+  /** Whether sandboxed runners give an action the network when it asks with `network=on` (default false). */
+  allowNetwork?: boolean;
   /** UpdateBotSession deadline (default 40 s; the server long-polls for a little less). */
   pollTimeoutMs?: number;
   /** Where to log (default: the process log, JSON lines on stderr). */
@@ -41,6 +51,9 @@ export interface WorkerOptions {
 export interface RunningWorker {
   /** The bot ids of the slots, in slot order. */
   botIds: string[];
+  /** The runners offered (advertised as `runner` values), and the one for actions naming none. */
+  runners: readonly string[];
+  defaultRunner: string;
   /** Stops every slot: running actions are killed and handed back to the server. */
   stop(): Promise<void>;
 }
@@ -48,9 +61,11 @@ export interface RunningWorker {
 /**
  * Starts a remex worker: `capacity` independent bot sessions against the Bots service at
  * `server`, sharing one CAS client (one RPC limiter), one blob cache under
- * `{workDir}/cache`, and one runner. Each action runs in a fresh directory under a
- * per-process directory under `{workDir}/exec`, removed when the worker stops. Resolves once
- * the slots are started (they connect, and reconnect, in the background).
+ * `{workDir}/cache`, and its runners (those given, else every one this host can run:
+ * hosttools, bubblewrap, ...), of which each action's `runner` platform property picks one.
+ * Each action runs in a fresh directory under a per-process directory under
+ * `{workDir}/exec`, removed when the worker stops. Resolves once the slots are started
+ * (they connect, and reconnect, in the background).
  */
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
   if (!Number.isInteger(options.capacity) || options.capacity < 1) {
@@ -63,16 +78,22 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   });
   await mkdir(options.workDir, { recursive: true });
   const cache = await BlobCache.open(join(options.workDir, 'cache'), cas);
+  const chroots = new ChrootStore(join(options.workDir, 'chroots'), cache);
+  const runner = new RunnerSelector(
+    options.runners ??
+      (await detectRunners({ only: options.runnerNames, allowNetwork: options.allowNetwork, chroots, log })),
+    options.defaultRunner,
+  );
+  const properties = workerProperties(options.properties, runner.names);
   const execRoot = await makeOwnedDir(join(options.workDir, 'exec'), 'p');
   const executor = new ActionExecutor({
     cas,
     cache,
-    runner: options.runner ?? new HostToolsRunner(),
+    runner,
     execRoot,
     log,
   });
   const bots = new BotsClient(options.server, credentials.createInsecure(), CHANNEL_OPTIONS);
-  const properties = workerProperties(options.properties);
   const prefix = options.name ?? hostname();
 
   const slots = Array.from({ length: options.capacity }, (_, i) => {
@@ -95,6 +116,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       instance: options.instanceName,
       capacity: options.capacity,
       properties,
+      defaultRunner: runner.defaultRunner,
     },
     'worker started',
   );
@@ -102,11 +124,14 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   let stopped: Promise<void> | undefined;
   return {
     botIds: slots.map((s) => s.botId),
+    runners: runner.names,
+    defaultRunner: runner.defaultRunner,
     stop() {
       stopped ??= (async () => {
         await Promise.all(slots.map((s) => s.stop()));
         bots.close();
         cas.close();
+        await chroots.close();
         await Promise.all([removeTree(execRoot), cache.close()]);
         log.info('worker stopped');
       })();

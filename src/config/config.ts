@@ -119,6 +119,12 @@ export const configSchema = z.strictObject({
       properties: z.array(z.string().regex(/^[^=]+=.*$/, 'expected "key=value"')).default([]),
       /** Working directory for staged inputs and the local blob cache (relative to dataDir). */
       workDir: z.string().default('workers'),
+      /** Runners to offer (hosttools, bubblewrap, userchroot, docker); default: every one that works here. */
+      runners: z.array(z.string()).optional(),
+      /** Runner for actions that name none (platform property `runner`). */
+      defaultRunner: z.string().default('hosttools'),
+      /** Whether sandboxed runners may give an action the network when it asks with network=on. */
+      allowNetwork: z.boolean().default(false),
     })
     .prefault({}),
   /** Time given to in-flight calls at SIGTERM before they are cut. */

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
+# The docker runner's tests need an engine and the locally built test image; the script
+# starts Debian's dockerd when none answers and says why when it cannot.
+bash scripts/docker-env.sh || echo "test: no Docker engine; the docker runner tests will fail and say why" >&2
 npm run --silent build
 results=$(mktemp)
 status=0

@@ -5,6 +5,7 @@ import { BubblewrapRunner } from './bubblewrap-runner.js';
 import { HostToolsRunner } from './hosttools-runner.js';
 import type { ChrootStore } from './chroot-store.js';
 import { UserchrootRunner } from './userchroot-runner.js';
+import { DockerRunner } from './docker-runner.js';
 import type { RunResult, RunSpec, Runner } from './runner.js';
 
 /** The platform property that picks the runner; a worker advertises it once per runner offered. */
@@ -18,6 +19,8 @@ export interface DetectOptions {
   allowNetwork: boolean;
   /** Where chroot roots from the CAS are materialised (the userchroot runner needs it). */
   chroots?: ChrootStore;
+  /** Where runners report trouble that does not fail an action. */
+  log?: Logger;
 }
 
 /** One kind of runner: its name, and whether (and how) this host can run it. */
@@ -55,6 +58,21 @@ export const RUNNER_DETECTORS: RunnerDetector[] = [
           };
     },
   },
+  {
+    name: 'docker',
+    detect: async ({ allowNetwork, log }) =>
+      (await DockerRunner.available())
+        ? {
+            runner: new DockerRunner({
+              allowNetwork,
+              onWarning: (message) => log?.warn({ runner: 'docker' }, message),
+            }),
+          }
+        : {
+            unavailable:
+              'no Docker engine answers (DOCKER_HOST or /var/run/docker.sock; Debian package docker.io)',
+          },
+  },
 ];
 
 export interface DetectRunnersOptions extends Partial<DetectOptions> {
@@ -84,6 +102,7 @@ export async function detectRunners(options: DetectRunnersOptions = {}): Promise
   const detectOptions: DetectOptions = {
     allowNetwork: options.allowNetwork ?? false,
     chroots: options.chroots,
+    log: options.log,
   };
   const found = await Promise.all(
     wanted.map(async (d) => {

@@ -1,3 +1,4 @@
+import { superviseGroup } from './process-group.js';
 import { spawn } from 'node:child_process';
 import { access, constants as fsConstants, open, stat } from 'node:fs/promises';
 import { constants } from 'node:os';
@@ -110,37 +111,7 @@ export class BubblewrapRunner implements Runner {
         stdio: ['ignore', stdout.fd, stderr.fd, 'pipe'],
       });
       writeArgs(child.stdio[3] as Writable, options);
-      let timedOut = false;
-      let cancelled = false;
-      const killGroup = () => {
-        if (child.pid === undefined) return;
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          // ESRCH: the group is already gone.
-        }
-      };
-      const onAbort = () => {
-        cancelled = true;
-        killGroup();
-      };
-      spec.signal.addEventListener('abort', onAbort, { once: true });
-      const timer =
-        spec.timeoutMs === undefined
-          ? undefined
-          : setTimeout(() => {
-              timedOut = true;
-              killGroup();
-            }, spec.timeoutMs);
-      const outcome = await new Promise<{ code: number | null; signal: NodeJS.Signals | null } | Error>(
-        (resolve) => {
-          child.once('error', resolve);
-          child.once('exit', (code, signal) => resolve({ code, signal }));
-        },
-      );
-      clearTimeout(timer);
-      spec.signal.removeEventListener('abort', onAbort);
-      killGroup();
+      const { exit: outcome, timedOut, cancelled } = await superviseGroup(child, spec);
       const completedAt = new Date();
       if (outcome instanceof Error) {
         return await failed(NOT_FOUND_EXIT, `the sandbox: ${this.bwrap}: ${outcome.message}`);

@@ -1,3 +1,4 @@
+import { superviseGroup } from './process-group.js';
 import { spawn } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import { constants } from 'node:os';
@@ -41,37 +42,7 @@ export class HostToolsRunner implements Runner {
         detached: true,
         stdio: ['ignore', stdout.fd, stderr.fd],
       });
-      let timedOut = false;
-      let cancelled = false;
-      const killGroup = () => {
-        if (child.pid === undefined) return;
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          // ESRCH: the group is already gone.
-        }
-      };
-      const onAbort = () => {
-        cancelled = true;
-        killGroup();
-      };
-      spec.signal.addEventListener('abort', onAbort, { once: true });
-      const timer =
-        spec.timeoutMs === undefined
-          ? undefined
-          : setTimeout(() => {
-              timedOut = true;
-              killGroup();
-            }, spec.timeoutMs);
-      const outcome = await new Promise<{ code: number | null; signal: NodeJS.Signals | null } | Error>(
-        (resolve) => {
-          child.once('error', resolve);
-          child.once('exit', (code, signal) => resolve({ code, signal }));
-        },
-      );
-      clearTimeout(timer);
-      spec.signal.removeEventListener('abort', onAbort);
-      killGroup(); // whatever the command left running in its group
+      const { exit: outcome, timedOut, cancelled } = await superviseGroup(child, spec);
       const completedAt = new Date();
       if (outcome instanceof Error) {
         const code = (outcome as NodeJS.ErrnoException).code;

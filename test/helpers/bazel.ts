@@ -258,12 +258,17 @@ export class BazelWorkspace {
   }
 
   /** Execroot-relative paths of the outputs of all non-manual targets (files and tree artifacts). */
-  async outputPaths(...flags: string[]): Promise<string[]> {
+  outputPaths(...flags: string[]): Promise<string[]> {
     // cquery also sees manual targets: leave them out.
+    return this.outputPathsOf('//... except attr(tags, "\\bmanual\\b", //...)', ...flags);
+  }
+
+  /** Execroot-relative paths of the outputs of the targets a cquery expression names, e.g. "//a:x + //a:y". */
+  async outputPathsOf(expression: string, ...flags: string[]): Promise<string[]> {
     const cq = await this.ok(
       0,
       'cquery',
-      '//... except attr(tags, "\\bmanual\\b", //...)',
+      expression,
       '--output=starlark',
       '--starlark:expr="\\n".join([f.path for f in target.files.to_list()])',
       ...flags,

@@ -77,3 +77,19 @@ describe('DiskBlobStore', () => {
     expect(await store.findMissing([bigKey], ctx)).toEqual([bigKey]);
   });
 });
+
+describe('DiskBlobStore.putFile', () => {
+  it('copies a file from another filesystem (EXDEV) and removes the original', async () => {
+    const { existsSync } = await import('node:fs');
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const store = await DiskBlobStore.open({ path, maxBytes: 1 << 20 });
+    // /dev/shm is a tmpfs: a different filesystem from the store's.
+    const other = await mkdtemp('/dev/shm/remex-exdev-');
+    const data = Buffer.from('spooled elsewhere');
+    const key = await keyFor(data);
+    await writeFile(join(other, 'upload'), data);
+    await store.putFile(key, join(other, 'upload'), ctx);
+    expect(existsSync(join(other, 'upload'))).toBe(false);
+    expect(await readAll(await store.get(key, undefined, ctx))).toEqual(data);
+  });
+});

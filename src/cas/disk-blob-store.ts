@@ -67,11 +67,6 @@ export class DiskBlobStore implements BlobStore {
     return this.totalBytes;
   }
 
-  /** Directory for files that will be handed to putFile (same filesystem, so rename works). */
-  get stagingDir(): string {
-    return this.tmpDir;
-  }
-
   private async load(): Promise<void> {
     await fs.rm(this.tmpDir, { recursive: true, force: true });
     await fs.mkdir(this.tmpDir, { recursive: true });
@@ -110,10 +105,9 @@ export class DiskBlobStore implements BlobStore {
     return join(this.casDir, k.slice(0, slash), k.slice(slash + 1, slash + 3), k.slice(slash + 1));
   }
 
-  private touch(k: string, entry: Entry): void {
+  private touch(k: string, entry: Entry, now = Date.now()): void {
     this.index.delete(k);
     this.index.set(k, entry);
-    const now = Date.now();
     if (now - entry.accessed > MTIME_REFRESH_MS) {
       const t = new Date(now);
       fs.utimes(this.pathOf(k), t, t).catch(() => undefined);
@@ -178,20 +172,32 @@ export class DiskBlobStore implements BlobStore {
 
   async putFile(key: BlobKey, path: string, _ctx: StoreContext): Promise<void> {
     this.checkFits(key);
+    let source = path;
     try {
-      await this.commit(keyString(key), path, key.sizeBytes);
+      try {
+        await this.commit(keyString(key), source, key.sizeBytes);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+        // The file is on another filesystem: copy it into tmp/ first, then rename as usual.
+        source = join(this.tmpDir, `${randomBytes(12).toString('hex')}.put`);
+        await fs.copyFile(path, source);
+        await this.commit(keyString(key), source, key.sizeBytes);
+      }
     } catch (err) {
-      await fs.rm(path, { force: true });
+      await fs.rm(source, { force: true });
       throw toRemexError(err, this.name);
+    } finally {
+      await fs.rm(path, { force: true });
     }
   }
 
   async findMissing(keys: readonly BlobKey[], _ctx: StoreContext): Promise<BlobKey[]> {
     const missing: BlobKey[] = [];
+    const now = Date.now(); // one clock read per call, not per digest
     for (const key of keys) {
       const k = keyString(key);
       const entry = this.index.get(k);
-      if (entry) this.touch(k, entry);
+      if (entry) this.touch(k, entry, now);
       else missing.push(key);
     }
     return missing;

@@ -8,20 +8,11 @@ export class Instances {
     this.names = new Set(names);
   }
 
-  list(): string[] {
-    return [...this.names];
-  }
-
   check(name: string): string {
     if (!this.names.has(name)) {
       const known = [...this.names].map((n) => JSON.stringify(n)).join(', ');
       throw invalidArgument(`unknown instance name ${JSON.stringify(name)}; this server serves ${known}`);
     }
     return name;
-  }
-
-  /** Whether the given path segments are exactly a served instance name (for resource names). */
-  has(name: string): boolean {
-    return this.names.has(name);
   }
 }

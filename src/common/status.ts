@@ -59,9 +59,4 @@ export const failedPrecondition = (message: string) => new RemexError(Code.FAILE
 export const outOfRange = (message: string) => new RemexError(Code.OUT_OF_RANGE, message);
 export const resourceExhausted = (message: string) => new RemexError(Code.RESOURCE_EXHAUSTED, message);
 export const unimplemented = (message: string) => new RemexError(Code.UNIMPLEMENTED, message);
-export const internal = (message: string) => new RemexError(Code.INTERNAL, message);
 export const aborted = (message: string) => new RemexError(Code.ABORTED, message);
-
-export function isRemexError(err: unknown, code?: Code): err is RemexError {
-  return err instanceof RemexError && (code === undefined || err.code === code);
-}

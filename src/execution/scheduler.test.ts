@@ -285,3 +285,21 @@ describe('Scheduler and bot health', () => {
     expect((await poll).leases).toEqual([]);
   });
 });
+
+describe('Scheduler results', () => {
+  it('stamps the queued time on the result of every finished job, failed ones too', async () => {
+    const { scheduler } = setup();
+    const job = scheduler.submit(request());
+    const bot = scheduler.createBotSession('', 'bot', linux);
+    const failed = ActionResult.fromPartial({ exitCode: 2, executionMetadata: { worker: 'bot' } });
+    await scheduler.updateBotSession(
+      bot.name,
+      [{ id: bot.leases[0]!.id, state: LeaseState.COMPLETED, result: failed }],
+      0,
+    );
+    expect(scheduler.get(job.name)?.result?.executionMetadata?.queuedTimestamp).toEqual({
+      seconds: 1000,
+      nanos: 0,
+    });
+  });
+});

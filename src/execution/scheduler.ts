@@ -308,6 +308,13 @@ export class Scheduler {
 
   private async finish(job: Job, result: ActionResult | undefined, status: JobStatus): Promise<void> {
     if (job.stage === Stage.COMPLETED) return;
+    // The worker cannot know when the action was queued: the scheduler fills that in.
+    if (result?.executionMetadata) {
+      result.executionMetadata.queuedTimestamp = {
+        seconds: Math.floor(job.queuedAt / 1000),
+        nanos: (job.queuedAt % 1000) * 1e6,
+      };
+    }
     if (
       result &&
       status.code === Code.OK &&

@@ -41,8 +41,6 @@ import { ExecutionService } from '../gen/build/bazel/remote/execution/v2/remote_
 import { OperationsService } from '../gen/google/longrunning/operations.js';
 import { BotsService } from '../gen/google/devtools/remoteworkers/v1test2/bots.js';
 
-const timestamp = (ms: number) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
-
 export interface RunningServer {
   /** The address actually bound (with the real port when 0 was asked for). */
   address: string;
@@ -79,16 +77,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     unschedulableTimeoutMs: exec.unschedulableTimeout,
     completedRetentionMs: exec.completedRetention,
     propertyTypes: propertyTypes(exec.propertyTypes),
-    onSuccess: (job, result) => {
-      const stamped = {
-        ...result,
-        executionMetadata: result.executionMetadata && {
-          ...result.executionMetadata,
-          queuedTimestamp: timestamp(job.queuedAt),
-        },
-      };
-      return actionCache.record(job.instance, job.fn, job.actionDigest, stamped, {});
-    },
+    onSuccess: (job, result) => actionCache.record(job.instance, job.fn, job.actionDigest, result, {}),
     onRequeue: (job, why) =>
       log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
     onError: (job, err) => log.error({ err, operation: job.name }, 'could not store the action result'),

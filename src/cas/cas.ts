@@ -7,7 +7,7 @@ import {
   type Digest,
   type DigestFunction,
 } from '../common/digest.js';
-import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
+import { Code, RemexError, invalidArgument } from '../common/status.js';
 import { toRemexError } from '../common/error-mapping.js';
 import {
   describeKey,
@@ -187,17 +187,5 @@ export class Cas {
   async exists(key: BlobKey, ctx: StoreContext): Promise<boolean> {
     if (await this.isEmptyBlob(key.fn, key)) return true;
     return (await this.store.findMissing([key], ctx)).length === 0;
-  }
-
-  /** getBuffer, but NOT_FOUND names what the blob was for. */
-  async getRequired(key: BlobKey, what: string, ctx: StoreContext): Promise<Buffer> {
-    try {
-      return await this.getBuffer(key, ctx);
-    } catch (err) {
-      if (err instanceof RemexError && err.code === Code.NOT_FOUND) {
-        throw notFound(`${what} ${describeKey(key)} is not in the CAS`);
-      }
-      throw err;
-    }
   }
 }

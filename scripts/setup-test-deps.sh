@@ -4,7 +4,9 @@
 #   which Bazel's C++ toolchain detection needs even for shell rules), buildstream
 #   (BuildStream 1.6.8), bubblewrap (which bst and the bubblewrap runner use), docker.io
 #   (the docker runner's engine) and busybox-static (the root filesystems of test images
-#   and chroots).
+#   and chroots), postgresql (PostgreSQL 15), redis-server (Redis 7) and nginx, which the
+#   scale-out tests start privately on loopback. The S3-compatible server (s3rver) comes
+#   from the npm registry as a dev dependency.
 # Needs root and Debian's package archive. When it cannot install something it says why;
 # the tests that need the missing tool then fail with that reason.
 set -uo pipefail
@@ -17,9 +19,12 @@ command -v bst >/dev/null 2>&1 || need+=(buildstream)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "setup-test-deps: bazel, javac, gcc, bst, bwrap, dockerd and busybox are installed"
+  echo "setup-test-deps: bazel, javac, gcc, bst, bwrap, dockerd, busybox, postgres, redis-server and nginx are installed"
   exit 0
 fi
 

@@ -10,7 +10,12 @@ import { invalidArgument } from '../common/status.js';
 import { unary } from '../server/handlers.js';
 import { pack } from '../execution/operation.js';
 import { offerOf } from '../execution/platform.js';
-import { LeaseState, type LeaseReport, type Scheduler, type SessionView } from '../execution/scheduler.js';
+import {
+  LeaseState,
+  type LeaseReport,
+  type SchedulerApi,
+  type SessionView,
+} from '../execution/scheduler-api.js';
 
 export interface BotsOptions {
   /** Longest time an UpdateBotSession is held waiting for work (long polling). */
@@ -23,7 +28,7 @@ const ACTION_RESULT = 'build.bazel.remote.execution.v2.ActionResult';
  * The Remote Workers API as BuildGrid serves it to buildbox-worker: one lease per bot
  * session, leases carry Any(Action), results come back as Any(ActionResult).
  */
-export function botsService(scheduler: Scheduler, instances: Instances, options: BotsOptions): BotsServer {
+export function botsService(scheduler: SchedulerApi, instances: Instances, options: BotsOptions): BotsServer {
   const toProto = (view: SessionView, reported: BotSession): BotSession => ({
     ...reported,
     name: view.name,
@@ -49,7 +54,7 @@ export function botsService(scheduler: Scheduler, instances: Instances, options:
       if (!session) throw invalidArgument('bot_session is required');
       const worker = session.worker;
       const offer = offerOf([...(worker?.properties ?? []), ...(worker?.devices[0]?.properties ?? [])]);
-      return toProto(scheduler.createBotSession(req.parent, session.botId, offer), session);
+      return toProto(await scheduler.createBotSession(req.parent, session.botId, offer), session);
     }),
     updateBotSession: unary('Bots/UpdateBotSession', async (req, ctx) => {
       const session = req.botSession;

@@ -8,7 +8,7 @@ import { PreconditionFailure } from '../gen/google/rpc/error_details.js';
 import { Stage, type Job } from './job.js';
 import { pack } from './operation.js';
 import { normalisePlatform } from './platform.js';
-import type { Scheduler } from './scheduler.js';
+import type { SchedulerApi } from './scheduler-api.js';
 
 export interface ExecuteInput {
   instance: string;
@@ -53,7 +53,7 @@ function missingBlob(what: string, d: Digest): RemexError {
  */
 export class Execution {
   constructor(
-    readonly scheduler: Scheduler,
+    readonly scheduler: SchedulerApi,
     private readonly cas: Cas,
     private readonly actionCache: ActionCache,
     readonly options: ExecutionOptions,
@@ -109,12 +109,12 @@ export class Execution {
           { stdout: false, stderr: false, outputFiles: [] },
           ctx,
         );
-        return this.scheduler.recordCached(request, result);
+        return await this.scheduler.recordCached(request, result);
       } catch (err) {
         if (!(err instanceof RemexError && err.code === Code.NOT_FOUND)) throw err;
       }
     }
-    return this.scheduler.submit(request);
+    return await this.scheduler.submit(request);
   }
 
   private async load(fn: DigestFunction, d: Digest, what: string, ctx: StoreContext): Promise<Buffer> {
@@ -131,7 +131,6 @@ export class Execution {
    * nothing changes, until it completes or the caller goes away.
    */
   async follow(name: string, send: (job: Job) => Promise<void>, signal: AbortSignal): Promise<void> {
-    if (!this.scheduler.get(name)) throw notFound(`operation ${name} does not exist`);
     let changed = true;
     let wake: (() => void) | undefined;
     const unsubscribe = this.scheduler.watch(name, () => {
@@ -139,9 +138,10 @@ export class Execution {
       wake?.();
     });
     try {
-      for (;;) {
-        const job = this.scheduler.get(name);
-        if (!job) throw notFound(`operation ${name} was deleted`);
+      for (let first = true; ; first = false) {
+        const job = await this.scheduler.get(name);
+        if (!job)
+          throw notFound(first ? `operation ${name} does not exist` : `operation ${name} was deleted`);
         if (changed) {
           changed = false;
           await send(job);
@@ -170,15 +170,14 @@ export class Execution {
 
   /** Resolves when the operation completes or after timeoutMs, whichever is first. */
   async waitDone(name: string, timeoutMs: number, signal: AbortSignal): Promise<Job> {
-    const job = this.scheduler.get(name);
-    if (!job) throw notFound(`operation ${name} does not exist`);
-    if (job.stage === Stage.COMPLETED) return job;
-    await new Promise<void>((resolve) => {
+    // Subscribe before the first look, so a completion in between is not missed.
+    let finish = () => {};
+    const completed = new Promise<void>((resolve) => {
       const unsubscribe = this.scheduler.watch(name, (j) => {
         if (j.stage === Stage.COMPLETED) finish();
       });
       const timer = setTimeout(() => finish(), timeoutMs);
-      const finish = () => {
+      finish = () => {
         unsubscribe();
         clearTimeout(timer);
         signal.removeEventListener('abort', finish);
@@ -186,8 +185,16 @@ export class Execution {
       };
       signal.addEventListener('abort', finish, { once: true });
     });
-    const now = this.scheduler.get(name);
-    if (!now) throw notFound(`operation ${name} was deleted`);
-    return now;
+    try {
+      const job = await this.scheduler.get(name);
+      if (!job) throw notFound(`operation ${name} does not exist`);
+      if (job.stage === Stage.COMPLETED || signal.aborted) return job;
+      await completed;
+      const now = await this.scheduler.get(name);
+      if (!now) throw notFound(`operation ${name} was deleted`);
+      return now;
+    } finally {
+      finish();
+    }
   }
 }

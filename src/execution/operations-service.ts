@@ -36,7 +36,9 @@ export function operationsService(execution: Execution): OperationsServer {
       if (!Number.isSafeInteger(offset) || offset < 0)
         throw invalidArgument(`page_token "${req.pageToken}" was not issued by this server`);
       const size = req.pageSize > 0 ? Math.min(req.pageSize, 1000) : DEFAULT_PAGE;
-      const all = scheduler.list().filter((j) => (prefix === '' || j.name.startsWith(prefix)) && keep(j));
+      const all = (await scheduler.list()).filter(
+        (j) => (prefix === '' || j.name.startsWith(prefix)) && keep(j),
+      );
       const page = all.slice(offset, offset + size);
       return {
         operations: page.map(toOperation),
@@ -45,16 +47,16 @@ export function operationsService(execution: Execution): OperationsServer {
       };
     }),
     getOperation: unary('Operations/GetOperation', async (req) => {
-      const job = scheduler.get(req.name);
+      const job = await scheduler.get(req.name);
       if (!job) throw notFound(`operation ${req.name} does not exist`);
       return toOperation(job);
     }),
     deleteOperation: unary('Operations/DeleteOperation', async (req) => {
-      scheduler.delete(req.name);
+      await scheduler.delete(req.name);
       return {};
     }),
     cancelOperation: unary('Operations/CancelOperation', async (req) => {
-      scheduler.cancel(req.name);
+      await scheduler.cancel(req.name);
       return {};
     }),
     waitOperation: unary('Operations/WaitOperation', async (req, ctx) => {

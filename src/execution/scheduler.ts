@@ -10,15 +10,17 @@ import {
   type Property,
   type PropertyTypes,
 } from './platform.js';
+import {
+  LeaseState,
+  type LeaseReport,
+  type LeaseView,
+  type SchedulerApi,
+  type SessionView,
+  type SubmitRequest,
+} from './scheduler-api.js';
 import type { SchedulerStore } from './scheduler-store.js';
 
-/** google.devtools.remoteworkers.v1test2.LeaseState values. */
-export enum LeaseState {
-  PENDING = 1,
-  ACTIVE = 2,
-  COMPLETED = 4,
-  CANCELLED = 5,
-}
+export { LeaseState, type LeaseReport, type LeaseView, type SessionView, type SubmitRequest };
 
 export interface SchedulerOptions {
   now(): number;
@@ -42,33 +44,6 @@ export interface SchedulerOptions {
   onError?(job: Job, err: unknown): void;
 }
 
-/** What Execute hands the scheduler: the job's identity, payload and policy. */
-export type SubmitRequest = Pick<
-  Job,
-  | 'instance'
-  | 'fn'
-  | 'actionDigest'
-  | 'action'
-  | 'platform'
-  | 'priority'
-  | 'invocation'
-  | 'doNotCache'
-  | 'timeoutMs'
->;
-
-export interface LeaseView {
-  id: string;
-  state: LeaseState;
-  job: Job;
-}
-
-export interface LeaseReport {
-  id: string;
-  state: LeaseState;
-  result?: ActionResult;
-  status?: JobStatus;
-}
-
 interface Session {
   name: string;
   botId: string;
@@ -84,13 +59,6 @@ interface Session {
   cancelled?: { id: string; job: Job };
 }
 
-export interface SessionView {
-  name: string;
-  botId: string;
-  expireAt: number;
-  leases: LeaseView[];
-}
-
 /**
  * The scheduler core: a queue of jobs, bot sessions that take them one lease at a
  * time, and watchers of each job. Time and ids are injected so tests are deterministic;
@@ -99,7 +67,7 @@ export interface SessionView {
  * Dispatch order: the lowest priority value first; within a priority, round-robin over
  * tool invocations (the one served longest ago goes next), FIFO within an invocation.
  */
-export class Scheduler {
+export class Scheduler implements SchedulerApi {
   private readonly queue: Job[] = [];
   private readonly sessions = new Map<string, Session>();
   private readonly sessionsByBot = new Map<string, string>();

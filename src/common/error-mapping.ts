@@ -2,7 +2,7 @@ import { Code, RemexError } from './status.js';
 
 /**
  * The one place that maps errors of the platform and of storage clients (Node fs,
- * and later pg / ioredis / S3) to status codes. Anything unrecognised stays UNKNOWN
+ * pg, ioredis, the AWS S3 client) to status codes. Anything unrecognised stays UNKNOWN
  * for the client; the server edge logs the details.
  */
 const fsCodes: Record<string, Code> = {
@@ -20,6 +20,39 @@ const fsCodes: Record<string, Code> = {
   ETIMEDOUT: Code.DEADLINE_EXCEEDED,
 };
 
+/** PostgreSQL SQLSTATE classes and codes (pg puts them in err.code). */
+function pgCode(sqlstate: string): Code | undefined {
+  if (!/^[0-9A-Z]{5}$/.test(sqlstate)) return undefined;
+  if (sqlstate === '40001' || sqlstate === '40P01') return Code.ABORTED; // serialization failure, deadlock
+  if (sqlstate === '57014') return Code.CANCELLED; // query_canceled
+  if (sqlstate === '53300' || sqlstate.startsWith('53')) return Code.RESOURCE_EXHAUSTED; // too many connections, disk full
+  if (sqlstate.startsWith('08') || sqlstate.startsWith('57P')) return Code.UNAVAILABLE; // connection, shutdown
+  if (sqlstate === '23505') return Code.ALREADY_EXISTS;
+  return undefined;
+}
+
+/** AWS SDK v3 errors carry name and $metadata.httpStatusCode. */
+function s3Code(err: { name?: string; $metadata?: { httpStatusCode?: number } }): Code | undefined {
+  const status = err.$metadata?.httpStatusCode;
+  if (err.name === 'NoSuchKey' || err.name === 'NotFound' || status === 404) return Code.NOT_FOUND;
+  if (err.name === 'NoSuchBucket') return Code.FAILED_PRECONDITION;
+  if (err.name === 'SlowDown' || status === 503 || status === 500 || status === 502) return Code.UNAVAILABLE;
+  if (status === 403 || err.name === 'AccessDenied') return Code.PERMISSION_DENIED;
+  if (status === 416) return Code.OUT_OF_RANGE;
+  if (status !== undefined && status >= 400) return Code.UNKNOWN;
+  return undefined;
+}
+
+/** ioredis: errors of a closed or unreachable connection. */
+function redisCode(err: Error): Code | undefined {
+  if (err.name === 'MaxRetriesPerRequestError') return Code.UNAVAILABLE;
+  if (/^(Connection is closed|Stream isn't writeable|connect E)/.test(err.message)) return Code.UNAVAILABLE;
+  if (err.name === 'ReplyError' && /^(LOADING|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN)/.test(err.message))
+    return Code.UNAVAILABLE;
+  if (err.name === 'ReplyError' && /^OOM/.test(err.message)) return Code.RESOURCE_EXHAUSTED;
+  return undefined;
+}
+
 export function toRemexError(err: unknown, context?: string): RemexError {
   if (err instanceof RemexError) return context ? err.prefixed(context) : err;
   const prefix = context ? `${context}: ` : '';
@@ -28,6 +61,14 @@ export function toRemexError(err: unknown, context?: string): RemexError {
   const errno = (err as NodeJS.ErrnoException | undefined)?.code;
   if (typeof errno === 'string' && errno in fsCodes) {
     return new RemexError(fsCodes[errno]!, `${prefix}${(err as Error).message}`, { cause: err });
+  }
+  if (err instanceof Error) {
+    const code =
+      (typeof errno === 'string' ? pgCode(errno) : undefined) ??
+      ('$metadata' in err ? s3Code(err as Error & { $metadata?: { httpStatusCode?: number } }) : undefined) ??
+      redisCode(err);
+    if (code !== undefined)
+      return new RemexError(code, `${prefix}${err.message || err.name}`, { cause: err });
   }
   const message = err instanceof Error ? err.message : String(err);
   return new RemexError(Code.UNKNOWN, `${prefix}${message}`, { cause: err });

@@ -46,7 +46,8 @@ function s3Code(err: { name?: string; $metadata?: { httpStatusCode?: number } })
 /** ioredis: errors of a closed or unreachable connection. */
 function redisCode(err: Error): Code | undefined {
   if (err.name === 'MaxRetriesPerRequestError') return Code.UNAVAILABLE;
-  if (/^(Connection is closed|Stream isn't writeable|connect E)/.test(err.message)) return Code.UNAVAILABLE;
+  if (/^(Connection is closed|Stream isn't writeable|connect E|Command timed out)/.test(err.message))
+    return Code.UNAVAILABLE;
   if (err.name === 'ReplyError' && /^(LOADING|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN)/.test(err.message))
     return Code.UNAVAILABLE;
   if (err.name === 'ReplyError' && /^OOM/.test(err.message)) return Code.RESOURCE_EXHAUSTED;

@@ -37,7 +37,7 @@ describe('config', () => {
 
   it('parses sizes and durations with units', () => {
     const c = parseConfig({ cas: { type: 'memory', maxSize: '1.5GiB' }, uploads: { idleTimeout: '90s' } });
-    expect(c.cas.maxSize).toBe(1.5 * 2 ** 30);
+    expect(c.cas).toMatchObject({ maxSize: 1.5 * 2 ** 30 });
     expect(c.uploads.idleTimeout).toBe(90_000);
   });
 
@@ -49,6 +49,25 @@ describe('config', () => {
     [{ uploads: { idleTimeout: 'soon' } }, /uploads\.idleTimeout: "soon" is not a duration/],
     [{ instanceNames: [] }, /instanceNames/],
     [{ listn: 'typo' }, /listn/],
+    [{ services: ['cas', 'scheduler'] }, /services\.1/],
+    [{ services: ['cas', 'cas'] }, /services: a role is named twice/],
+    [
+      { cas: { type: 'tiered', fast: { type: 'memory', maxSize: 1 }, slow: { type: 's3' } } },
+      /cas\.slow\.bucket/,
+    ],
+    [
+      {
+        cas: {
+          type: 'sizePartitioning',
+          threshold: '1MiB',
+          small: { type: 'memory', maxSize: 1 },
+          large: { type: 'existenceCaching', ttl: 'a while', backend: { type: 'memory', maxSize: 1 } },
+        },
+      },
+      /cas\.large\.ttl: "a while" is not a duration/,
+    ],
+    [{ actionCache: { type: 'redis' } }, /actionCache\.url/],
+    [{ execution: { scheduler: { type: 'postgres' } } }, /execution\.scheduler\.url/],
   ])('fails with the path of the bad field: %j', (raw, message) => {
     expect(() => parseConfig(raw)).toThrow(ConfigError);
     expect(() => parseConfig(raw)).toThrow(message);

@@ -51,18 +51,127 @@ const diskStore = z.strictObject({
   maxSize: size,
   fsync: z.boolean().default(false),
 });
+const s3Store = z.strictObject({
+  type: z.literal('s3'),
+  bucket: z.string().min(1),
+  /** Prepended to every object key, e.g. "cas/". */
+  prefix: z.string().default(''),
+  region: z.string().default('us-east-1'),
+  /** For S3-compatible servers (MinIO, Ceph, s3rver): their URL. Omit for AWS. */
+  endpoint: z.string().url().optional(),
+  /** Path-style requests (http://host/bucket/key), which S3-compatible servers need. */
+  forcePathStyle: z.boolean().default(false),
+  /** Static credentials; omitted, the AWS SDK's default chain (AWS_ACCESS_KEY_ID, …) is used. */
+  accessKeyId: z.string().optional(),
+  secretAccessKey: z.string().optional(),
+  /** Blobs larger than this are uploaded in parts of this size (streamed multipart upload). */
+  partSize: size.default(16 * 2 ** 20),
+});
+const postgresConnection = z.strictObject({
+  type: z.literal('postgres'),
+  /** postgres://user:password@host:port/database */
+  url: z.string().min(1),
+  poolSize: z.number().int().min(1).default(10),
+});
 
-/** CAS backends and behaviours: a tagged union on `type`, mirrored by createBlobStore(). */
-export const blobStoreSchema = z.discriminatedUnion('type', [memoryStore, diskStore]);
-export type BlobStoreConfig = z.infer<typeof blobStoreSchema>;
+type Size = z.input<typeof size>;
+type Duration = z.input<typeof duration>;
+
+/** A CAS storage node: a backend, or a behaviour composed over child nodes. */
+export type BlobStoreConfig =
+  | z.output<typeof memoryStore>
+  | z.output<typeof diskStore>
+  | z.output<typeof s3Store>
+  | {
+      type: 'indexed';
+      index: z.output<typeof postgresConnection>;
+      confirmAfter: number;
+      backend: BlobStoreConfig;
+    }
+  | { type: 'sizePartitioning'; threshold: number; small: BlobStoreConfig; large: BlobStoreConfig }
+  | { type: 'tiered'; fast: BlobStoreConfig; slow: BlobStoreConfig }
+  | { type: 'existenceCaching'; ttl: number; maxEntries: number; backend: BlobStoreConfig };
+type BlobStoreInput =
+  | z.input<typeof memoryStore>
+  | z.input<typeof diskStore>
+  | z.input<typeof s3Store>
+  | {
+      type: 'indexed';
+      index: z.input<typeof postgresConnection>;
+      confirmAfter?: Duration;
+      backend: BlobStoreInput;
+    }
+  | { type: 'sizePartitioning'; threshold: Size; small: BlobStoreInput; large: BlobStoreInput }
+  | { type: 'tiered'; fast: BlobStoreInput; slow: BlobStoreInput }
+  | { type: 'existenceCaching'; ttl?: Duration; maxEntries?: number; backend: BlobStoreInput };
+
+/**
+ * CAS backends and behaviours: a tagged union on `type`, recursive through the
+ * behaviours' children, mirrored by createBlobStore().
+ */
+export const blobStoreSchema: z.ZodType<BlobStoreConfig, BlobStoreInput> = z.lazy(() =>
+  z.discriminatedUnion('type', [
+    memoryStore,
+    diskStore,
+    s3Store,
+    z.strictObject({
+      type: z.literal('indexed'),
+      /** Where FindMissingBlobs looks first (the backend stays the source of truth). */
+      index: postgresConnection,
+      /** An index entry confirmed longer ago than this is checked against the backend before it is reported present. */
+      confirmAfter: duration.default(0),
+      backend: blobStoreSchema,
+    }),
+    z.strictObject({
+      type: z.literal('sizePartitioning'),
+      /** Blobs of at most this many bytes go to `small`, larger ones to `large`. */
+      threshold: size,
+      small: blobStoreSchema,
+      large: blobStoreSchema,
+    }),
+    z.strictObject({ type: z.literal('tiered'), fast: blobStoreSchema, slow: blobStoreSchema }),
+    z.strictObject({
+      type: z.literal('existenceCaching'),
+      ttl: duration.default(60_000),
+      maxEntries: z.number().int().min(1).default(1_000_000),
+      backend: blobStoreSchema,
+    }),
+  ]),
+);
+
+const redisStore = z.strictObject({
+  type: z.literal('redis'),
+  /** redis://[:password@]host:port[/db] */
+  url: z.string().min(1),
+  keyPrefix: z.string().default(''),
+  /** Entries expire this long after they were written; 0 keeps them until Redis evicts them. */
+  ttl: duration.default(0),
+});
 
 /** ActionCache and asset-index backends, mirrored by createKeyValueStore(). */
-export const kvStoreSchema = z.discriminatedUnion('type', [memoryStore, diskStore.omit({ fsync: true })]);
+export const kvStoreSchema = z.discriminatedUnion('type', [
+  memoryStore,
+  diskStore.omit({ fsync: true }),
+  redisStore,
+]);
 export type KeyValueStoreConfig = z.infer<typeof kvStoreSchema>;
+
+/** The services a process can serve, by role. Capabilities and health are always served. */
+export const ROLES = ['execution', 'cas', 'actioncache'] as const;
+export type Role = (typeof ROLES)[number];
 
 export const configSchema = z.strictObject({
   /** host:port to listen on. */
   listen: z.string().default('127.0.0.1:50051'),
+  /**
+   * The roles this process serves: execution (Execution, Operations, Bots), cas (CAS,
+   * ByteStream, Remote Asset) and actioncache. Capabilities and health are always served.
+   */
+  services: z
+    .array(z.enum(ROLES))
+    .min(1)
+    .refine((a) => new Set(a).size === a.length, 'a role is named twice')
+    .default([...ROLES]),
   /** Instance names served; requests naming any other are INVALID_ARGUMENT. */
   instanceNames: z.array(z.string()).min(1).default(['']),
   /** Base directory for relative store paths. Default: $XDG_CACHE_HOME/remex or ~/.cache/remex. */
@@ -108,6 +217,13 @@ export const configSchema = z.strictObject({
        * minimum; network, container-image, chrootRootDigest, docker-pull: option; others exact).
        */
       propertyTypes: z.record(z.string(), z.enum(['exact', 'minimum', 'option'])).default({}),
+      /**
+       * Where the queue and operations live: memory (this process only) or postgres
+       * (durable, shared by every replica of the execution role).
+       */
+      scheduler: z
+        .discriminatedUnion('type', [z.strictObject({ type: z.literal('memory') }), postgresConnection])
+        .default({ type: 'memory' }),
     })
     .prefault({}),
   /** Workers started inside `remex serve`, talking to it over loopback (the embedded default). */
@@ -125,6 +241,13 @@ export const configSchema = z.strictObject({
       defaultRunner: z.string().default('hosttools'),
       /** Whether sandboxed runners may give an action the network when it asks with network=on. */
       allowNetwork: z.boolean().default(false),
+    })
+    .prefault({}),
+  /** Prometheus metrics of every storage node, served over HTTP at /metrics. */
+  metrics: z
+    .strictObject({
+      /** host:port for the metrics endpoint; omitted, metrics are not served. */
+      listen: z.string().optional(),
     })
     .prefault({}),
   /** Time given to in-flight calls at SIGTERM before they are cut. */

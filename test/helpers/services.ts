@@ -123,7 +123,7 @@ export async function startPostgres(): Promise<Postgres> {
   try {
     await waitForPort(port, 30_000, proc);
   } catch (err) {
-    throw new Error(`postgres did not start: ${(err as Error).message}\n${output()}`);
+    throw new Error(`postgres did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   const psql = async (sql: string) => {
     const { stdout } = await run(`${PG_BIN}/psql`, [
@@ -197,7 +197,7 @@ export async function startRedis(): Promise<Redis> {
     try {
       await waitForPort(port, 20_000, proc);
     } catch (err) {
-      throw new Error(`redis-server did not start: ${(err as Error).message}\n${output()}`);
+      throw new Error(`redis-server did not start: ${(err as Error).message}\n${output()}`, { cause: err });
     }
   };
   await launch();
@@ -248,7 +248,7 @@ export async function startS3(bucket = 'remex-cas'): Promise<S3> {
   try {
     await waitForPort(port, 20_000, proc);
   } catch (err) {
-    throw new Error(`s3rver did not start: ${(err as Error).message}\n${output()}`);
+    throw new Error(`s3rver did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   return {
     port,
@@ -271,14 +271,22 @@ export interface Nginx {
 
 /**
  * Runs nginx in the foreground with the given config text; "{{PORT}}" and "{{DIR}}"
- * in it are replaced by its listening port and its private directory.
+ * in it are replaced by its listening port and its private directory. `files` are
+ * written beside nginx.conf first (name → text, with the same replacements), e.g. an
+ * upstreams.conf the config includes by a relative path.
  */
-export async function startNginx(config: string, port?: number): Promise<Nginx> {
+export async function startNginx(
+  config: string,
+  port?: number,
+  files: Record<string, string> = {},
+): Promise<Nginx> {
   need('/usr/sbin/nginx', 'nginx');
   const dir = await mkdtemp(join(tmpdir(), 'remex-nginx-'));
   const listen = port ?? (await freePort());
+  const fill = (text: string) => text.replaceAll('{{PORT}}', String(listen)).replaceAll('{{DIR}}', dir);
+  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), fill(text));
   const file = join(dir, 'nginx.conf');
-  await writeFile(file, config.replaceAll('{{PORT}}', String(listen)).replaceAll('{{DIR}}', dir));
+  await writeFile(file, fill(config));
   const proc = spawn('/usr/sbin/nginx', ['-p', dir, '-c', file, '-g', 'daemon off;'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -286,7 +294,7 @@ export async function startNginx(config: string, port?: number): Promise<Nginx> 
   try {
     await waitForPort(listen, 20_000, proc);
   } catch (err) {
-    throw new Error(`nginx did not start: ${(err as Error).message}\n${output()}`);
+    throw new Error(`nginx did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   return {
     port: listen,

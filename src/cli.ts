@@ -1,11 +1,15 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from './config/config.js';
+import { ConfigError, ROLES, loadConfig, type Role } from './config/config.js';
 import { RemexError } from './common/status.js';
 import { startServer } from './server/server.js';
 import { log } from './server/log.js';
 import { runWorkerCommand } from '../workers/cli.js';
 import { runExecuteCommand } from './client/execute-command.js';
 import { runChrootCommand } from './client/chroot-command.js';
+
+// The AWS SDK prints a notice to stderr, outside the structured log, that its releases
+// after January 2027 need Node.js 22; the pinned version works on Node.js 20 (README).
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const USAGE = `usage: remex <command> [options]
 
@@ -15,6 +19,8 @@ commands:
             --listen ADDR     host:port to listen on (default 127.0.0.1:50051)
             --data-dir DIR    base directory for storage (default ~/.cache/remex)
             --workers N       local workers to run inside the server (default: CPU count)
+            --services LIST   roles to serve, comma-separated: execution,cas,actioncache
+                              (default: all; Capabilities and health are always served)
   execute   run one command remotely (remex execute --help)
   chroot    make a root file system for the userchroot runner (remex chroot --help)
   worker    run a worker that takes actions from a remex server (remex worker --help)
@@ -29,10 +35,20 @@ async function serve(args: string[]): Promise<void> {
       listen: { type: 'string' },
       'data-dir': { type: 'string' },
       workers: { type: 'string' },
+      services: { type: 'string' },
     },
     strict: true,
   });
   const config = await loadConfig(values.config);
+  if (values.services !== undefined) {
+    const roles = values.services.split(',').map((r) => r.trim());
+    const unknown = roles.filter((r) => !(ROLES as readonly string[]).includes(r));
+    if (roles.length === 0 || unknown.length > 0)
+      throw new ConfigError(
+        `--services ${values.services}: unknown role ${unknown.join(', ') || '(none)'}; choose from ${ROLES.join(', ')}`,
+      );
+    config.services = [...new Set(roles as Role[])];
+  }
   if (values.listen) config.listen = values.listen;
   if (values['data-dir']) config.dataDir = values['data-dir'];
   if (values.workers !== undefined) {

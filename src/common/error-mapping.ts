@@ -44,6 +44,17 @@ function s3Code(err: { name?: string; $metadata?: { httpStatusCode?: number } })
 }
 
 /** ioredis: errors of a closed or unreachable connection. */
+/** pg: errors of a lost connection or closed pool, which carry no SQLSTATE. */
+function pgConnectionCode(err: Error): Code | undefined {
+  if (
+    /^(Connection terminated|Cannot use a pool after calling end|Client has encountered a connection error)/.test(
+      err.message,
+    )
+  )
+    return Code.UNAVAILABLE;
+  return undefined;
+}
+
 function redisCode(err: Error): Code | undefined {
   if (err.name === 'MaxRetriesPerRequestError') return Code.UNAVAILABLE;
   if (/^(Connection is closed|Stream isn't writeable|connect E|Command timed out)/.test(err.message))
@@ -67,6 +78,7 @@ export function toRemexError(err: unknown, context?: string): RemexError {
     const code =
       (typeof errno === 'string' ? pgCode(errno) : undefined) ??
       ('$metadata' in err ? s3Code(err as Error & { $metadata?: { httpStatusCode?: number } }) : undefined) ??
+      pgConnectionCode(err) ??
       redisCode(err);
     if (code !== undefined)
       return new RemexError(code, `${prefix}${err.message || err.name}`, { cause: err });

@@ -17,8 +17,12 @@ import { Cas } from '../cas/cas.js';
 import { casService } from '../cas/cas-service.js';
 import { UploadManager } from '../cas/upload-manager.js';
 import { Instances } from '../common/instances.js';
-import { resolvePath, type Config } from '../config/config.js';
-import { createBlobStore, createKeyValueStore } from '../config/factory.js';
+import { resolvePath, type Config, type Role } from '../config/config.js';
+import type { Job } from '../execution/job.js';
+import { PgScheduler } from '../execution/pg-scheduler.js';
+import type { SchedulerApi } from '../execution/scheduler-api.js';
+import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { createBlobStore, createKeyValueStore, SharedResources } from '../config/factory.js';
 import { FetchService, PushService } from '../gen/build/bazel/remote/asset/v1/remote_asset.js';
 import {
   ActionCacheService,
@@ -27,6 +31,7 @@ import {
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { ByteStreamService } from '../gen/google/bytestream/bytestream.js';
 import { log } from './log.js';
+import { startMetricsEndpoint } from './metrics-endpoint.js';
 import { startWorker } from '../../workers/worker.js';
 import { parseProperty } from '../../workers/worker-properties.js';
 import { randomUUID } from 'node:crypto';
@@ -55,40 +60,52 @@ const MESSAGE_OVERHEAD = 1 << 20;
 /** Starts the services the config asks for on one gRPC server. */
 export async function startServer(config: Config): Promise<RunningServer> {
   const instances = new Instances(config.instanceNames);
-  const casStore = await createBlobStore(config.cas, config, 'cas');
-  const cas = new Cas(casStore, { maxBatchTotalSizeBytes: config.maxBatchTotalSizeBytes });
-  const uploads = await UploadManager.create(cas, {
-    spoolDir: resolvePath(config, config.uploads.path),
-    idleTimeoutMs: config.uploads.idleTimeout,
-  });
-  const acStore = await createKeyValueStore(config.actionCache, config, 'action-cache');
-  const actionCache = new ActionCache(acStore, cas, {
-    allowUpdates: config.actionCacheUpdates,
-    maxInlineBytes: config.maxInlineBytes,
-  });
-  const assets = new AssetIndex(await createKeyValueStore(config.assets, config, 'assets'), cas);
+  const roles = new Set<Role>(config.services);
   const exec = config.execution;
-  const scheduler = new Scheduler({
-    now: Date.now,
-    newId: randomUUID,
-    store: new MemorySchedulerStore(),
-    botSessionTimeoutMs: exec.botSessionTimeout,
-    maxAttempts: exec.maxAttempts,
-    unschedulableTimeoutMs: exec.unschedulableTimeout,
-    completedRetentionMs: exec.completedRetention,
-    propertyTypes: propertyTypes(exec.propertyTypes),
-    onSuccess: (job, result) => actionCache.record(job.instance, job.fn, job.actionDigest, result, {}),
-    onRequeue: (job, why) =>
-      log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
-    onError: (job, err) => log.error({ err, operation: job.name }, 'could not store the action result'),
-  });
-  const sweeper = setInterval(() => scheduler.sweep(), 1000);
+  const serveExecution = roles.has('execution') && exec.enabled;
+  // Every role reads the CAS (the action cache checks outputs, execution loads actions);
+  // in a split deployment each role points at the same shared backends.
+  const shared = new SharedResources();
+  const casStore = await createBlobStore(config.cas, config, 'cas', shared);
+  const cas = new Cas(casStore, { maxBatchTotalSizeBytes: config.maxBatchTotalSizeBytes });
+  const acStore =
+    roles.has('actioncache') || serveExecution
+      ? await createKeyValueStore(config.actionCache, config, 'action-cache')
+      : undefined;
+  const actionCache = acStore
+    ? new ActionCache(acStore, cas, {
+        allowUpdates: config.actionCacheUpdates,
+        maxInlineBytes: config.maxInlineBytes,
+      })
+    : undefined;
+  const uploads = roles.has('cas')
+    ? await UploadManager.create(cas, {
+        spoolDir: resolvePath(config, config.uploads.path),
+        idleTimeoutMs: config.uploads.idleTimeout,
+      })
+    : undefined;
+  const assetStore = roles.has('cas')
+    ? await createKeyValueStore(config.assets, config, 'assets')
+    : undefined;
+  const assets = assetStore ? new AssetIndex(assetStore, cas) : undefined;
+  const scheduler = serveExecution && actionCache ? await createScheduler(config, actionCache) : undefined;
+  let sweeping = false;
+  const sweeper = setInterval(() => {
+    if (!scheduler || sweeping) return;
+    sweeping = true;
+    Promise.resolve(scheduler.sweep())
+      .catch((err: unknown) => log.warn({ err }, 'scheduler sweep failed'))
+      .finally(() => (sweeping = false));
+  }, 1000);
   sweeper.unref();
-  const execution = new Execution(scheduler, cas, actionCache, {
-    minPriority: exec.minPriority,
-    maxPriority: exec.maxPriority,
-    keepaliveMs: exec.keepalive,
-  });
+  const execution =
+    scheduler && actionCache
+      ? new Execution(scheduler, cas, actionCache, {
+          minPriority: exec.minPriority,
+          maxPriority: exec.maxPriority,
+          keepaliveMs: exec.keepalive,
+        })
+      : undefined;
 
   const server = new Server({
     'grpc.max_receive_message_length': config.maxBatchTotalSizeBytes + MESSAGE_OVERHEAD,
@@ -110,21 +127,27 @@ export async function startServer(config: Config): Promise<RunningServer> {
           : undefined,
       }),
     ],
-    [
-      'build.bazel.remote.execution.v2.ContentAddressableStorage',
-      ContentAddressableStorageService,
-      casService(cas, instances),
-    ],
-    ['google.bytestream.ByteStream', ByteStreamService, byteStreamService(cas, uploads, instances)],
-    [
+  ];
+  if (uploads && assets) {
+    services.push(
+      [
+        'build.bazel.remote.execution.v2.ContentAddressableStorage',
+        ContentAddressableStorageService,
+        casService(cas, instances),
+      ],
+      ['google.bytestream.ByteStream', ByteStreamService, byteStreamService(cas, uploads, instances)],
+      ['build.bazel.remote.asset.v1.Fetch', FetchService, fetchService(assets, instances)],
+      ['build.bazel.remote.asset.v1.Push', PushService, pushService(assets, instances)],
+    );
+  }
+  if (roles.has('actioncache') && actionCache) {
+    services.push([
       'build.bazel.remote.execution.v2.ActionCache',
       ActionCacheService,
       actionCacheService(actionCache, instances),
-    ],
-    ['build.bazel.remote.asset.v1.Fetch', FetchService, fetchService(assets, instances)],
-    ['build.bazel.remote.asset.v1.Push', PushService, pushService(assets, instances)],
-  ];
-  if (exec.enabled) {
+    ]);
+  }
+  if (execution && scheduler) {
     services.push(
       ['build.bazel.remote.execution.v2.Execution', ExecutionService, executionService(execution, instances)],
       ['google.longrunning.Operations', OperationsService, operationsService(execution)],
@@ -154,16 +177,26 @@ export async function startServer(config: Config): Promise<RunningServer> {
   );
   const host = config.listen.slice(0, config.listen.lastIndexOf(':'));
   const address = `${host}:${port}`;
+  const metrics = config.metrics.listen ? await startMetricsEndpoint(config.metrics.listen) : undefined;
   log.info(
-    { address, instances: config.instanceNames, cas: config.cas.type, services: services.map(([n]) => n) },
+    {
+      address,
+      roles: config.services,
+      instances: config.instanceNames,
+      cas: config.cas.type,
+      scheduler: scheduler ? exec.scheduler.type : undefined,
+      services: services.map(([n]) => n),
+      metrics: metrics?.address,
+    },
     'remex serving',
   );
 
   // The embedded default: local workers in this process, reaching the server over loopback
   // through the same Bots and CAS services a remote worker uses.
   // Bot sessions belong to one instance, so each instance name gets its own slots.
+  // They need Bots and the CAS from this process; a split role runs none.
   const localWorkers =
-    exec.enabled && config.workers.count > 0
+    serveExecution && roles.has('cas') && config.workers.count > 0
       ? await Promise.all(
           config.instanceNames.map((instanceName, i) =>
             startWorker({
@@ -193,7 +226,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     close(graceMs = config.shutdownGrace) {
       closed ??= (async () => {
         await Promise.all(localWorkers.map((w) => w.stop()));
-        scheduler.close();
+        await scheduler?.close();
         for (const [name] of services) health.setStatus(name, 'NOT_SERVING');
         health.setStatus('', 'NOT_SERVING');
         await new Promise<void>((resolve) => {
@@ -207,13 +240,41 @@ export async function startServer(config: Config): Promise<RunningServer> {
           });
         });
         clearInterval(sweeper);
-        await uploads.close();
-        await Promise.all([casStore.close?.(), acStore.close?.()]);
+        await metrics?.close();
+        await uploads?.close();
+        await Promise.all([casStore.close?.(), acStore?.close?.(), assetStore?.close?.()]);
+        await shared.close();
         log.info({ address }, 'remex stopped');
       })();
       return closed;
     },
   };
+}
+
+/** The in-memory scheduler (one process) or the PostgreSQL one (shared by replicas). */
+async function createScheduler(config: Config, actionCache: ActionCache): Promise<SchedulerApi> {
+  const exec = config.execution;
+  const options = {
+    now: Date.now,
+    newId: randomUUID,
+    botSessionTimeoutMs: exec.botSessionTimeout,
+    maxAttempts: exec.maxAttempts,
+    unschedulableTimeoutMs: exec.unschedulableTimeout,
+    completedRetentionMs: exec.completedRetention,
+    propertyTypes: propertyTypes(exec.propertyTypes),
+    onSuccess: (job: Job, result: ActionResult) =>
+      actionCache.record(job.instance, job.fn, job.actionDigest, result, {}),
+    onRequeue: (job: Job, why: string) =>
+      log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
+    onError: (job: Job, err: unknown) =>
+      log.error({ err, operation: job.name }, 'could not store the action result'),
+  };
+  switch (exec.scheduler.type) {
+    case 'memory':
+      return new Scheduler({ ...options, store: new MemorySchedulerStore() });
+    case 'postgres':
+      return PgScheduler.open({ ...options, url: exec.scheduler.url, poolSize: exec.scheduler.poolSize });
+  }
 }
 
 /**

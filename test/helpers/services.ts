@@ -166,6 +166,11 @@ export async function startPostgres(): Promise<Postgres> {
     url: `postgres://postgres@127.0.0.1:${port}/remex`,
     psql,
     stop: async () => {
+      // Signalling runuser does not reach the postmaster: ask it to stop itself (fast mode:
+      // sessions are cut, nothing is left running on a deleted directory).
+      await run('runuser', asPg(`${PG_BIN}/pg_ctl`, ['stop', '-D', data, '-m', 'fast', '-w'])).catch(
+        () => {},
+      );
       await stopProcess(proc, 'SIGINT');
       await rm(dir, { recursive: true, force: true });
     },

@@ -123,6 +123,7 @@ export async function startPostgres(): Promise<Postgres> {
   try {
     await waitForPort(port, 30_000, proc);
   } catch (err) {
+    proc.kill('SIGKILL');
     throw new Error(`postgres did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   const psql = async (sql: string) => {
@@ -202,6 +203,7 @@ export async function startRedis(): Promise<Redis> {
     try {
       await waitForPort(port, 20_000, proc);
     } catch (err) {
+      proc.kill('SIGKILL');
       throw new Error(`redis-server did not start: ${(err as Error).message}\n${output()}`, { cause: err });
     }
   };
@@ -253,6 +255,7 @@ export async function startS3(bucket = 'remex-cas'): Promise<S3> {
   try {
     await waitForPort(port, 20_000, proc);
   } catch (err) {
+    proc.kill('SIGKILL');
     throw new Error(`s3rver did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   return {
@@ -299,6 +302,7 @@ export async function startNginx(
   try {
     await waitForPort(listen, 20_000, proc);
   } catch (err) {
+    proc.kill('SIGKILL');
     throw new Error(`nginx did not start: ${(err as Error).message}\n${output()}`, { cause: err });
   }
   return {

@@ -26,9 +26,8 @@ import {
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FetchService, PushService } from '../../src/gen/build/bazel/remote/asset/v1/remote_asset.js';
 import {
@@ -50,9 +49,9 @@ import { digestOf, errorOf, readBlob, writeBlob } from '../helpers/blobs.js';
 import { clientsFor, executionClientsFor, unaryCall, type Clients } from '../helpers/clients.js';
 import { collect, executeRequest, uploadAction, type OperationUpdate } from '../helpers/execution.js';
 import { startRemex, type RemexProcess } from '../helpers/remex-process.js';
+import { shippedConfig, upstreamsConf } from '../helpers/nginx.js';
 import { freePort, startNginx, type Nginx } from '../helpers/services.js';
 
-const REPO = resolve(import.meta.dirname, '../..');
 const OPTIONS: ChannelOptions = {
   'grpc.max_receive_message_length': 64 << 20,
   'grpc.max_send_message_length': 64 << 20,
@@ -61,30 +60,6 @@ const MiB = 1 << 20;
 const COMPLETED = 4;
 /** Longer than nginx's default grpc_read_timeout of 60 s. */
 const QUIET_SECONDS = 65;
-
-/** nginx/remex.conf as shipped, listening on the test's port instead of 50051. */
-async function shippedConfig(): Promise<string> {
-  const text = await readFile(join(REPO, 'nginx/remex.conf'), 'utf8');
-  const listen = /^(\s*)listen 50051 http2;$/m;
-  expect(text).toMatch(listen);
-  return text.replace(listen, '$1listen 127.0.0.1:{{PORT}} http2;');
-}
-
-/** nginx/upstreams.example.conf with every role at the given addresses. */
-async function upstreamsConf(roles: {
-  execution: string;
-  cas: string;
-  actioncache: string;
-}): Promise<string> {
-  const text = await readFile(join(REPO, 'nginx/upstreams.example.conf'), 'utf8');
-  let replaced = 0;
-  const out = text.replace(/\bremex-(execution|cas|actioncache):50051\b/g, (_, role: keyof typeof roles) => {
-    replaced++;
-    return roles[role];
-  });
-  expect(replaced).toBe(3);
-  return out;
-}
 
 /** What an operator writes first: grpc_pass and nothing else, every limit at nginx's default. */
 function defaultConfig(upstream: string): string {

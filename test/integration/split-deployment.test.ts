@@ -22,6 +22,7 @@ import {
   tail,
   type SpawnSummary,
 } from '../helpers/bazel.js';
+import { shippedConfig, upstreamsConf } from '../helpers/nginx.js';
 import { startRemex, type RemexProcess } from '../helpers/remex-process.js';
 import {
   startNginx,
@@ -35,7 +36,6 @@ import {
 } from '../helpers/services.js';
 
 const BIN = fileURLToPath(new URL('../../bin/remex.js', import.meta.url));
-const NGINX_CONF = fileURLToPath(new URL('../../nginx/remex.conf', import.meta.url));
 const TEST_TIMEOUT_MS = 8 * 60_000;
 /** `bazel build //... //slow:all`: the fixture's 10 spawns plus 8 slow ones and their join. */
 const SPAWNS = 19;
@@ -126,12 +126,12 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
     replicas.push(r0, r1);
     casRole = cas;
     acRole = ac;
-    const upstreams = [
-      `upstream remex_execution { ${replicas.map((r) => `server ${r.address};`).join(' ')} keepalive 16; }`,
-      `upstream remex_cas { server ${cas.address}; keepalive 16; }`,
-      `upstream remex_actioncache { server ${ac.address}; keepalive 16; }`,
-    ].join('\n');
-    nginx = await startNginx(await readFile(NGINX_CONF, 'utf8'), undefined, { 'upstreams.conf': upstreams });
+    const upstreams = await upstreamsConf({
+      execution: replicas.map((r) => r.address),
+      cas: cas.address,
+      actioncache: ac.address,
+    });
+    nginx = await startNginx(await shippedConfig(), undefined, { 'upstreams.conf': upstreams });
     const front = `127.0.0.1:${nginx.port}`;
     workers.push(startWorker('w0', front, join(tmp, 'w0')), startWorker('w1', front, join(tmp, 'w1')));
     await waitFor('both workers to open their bot sessions', 30_000, () =>

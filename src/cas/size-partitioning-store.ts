@@ -1,9 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { toRemexError } from '../common/error-mapping.js';
-import type { RemexError } from '../common/status.js';
 import type { BlobKey, BlobStore, ReadRange, StoreContext } from './blob-store.js';
+import { callChild } from './child-errors.js';
 
 /**
  * Routes each blob by its size: blobs of at most thresholdBytes live in `small` (e.g.
@@ -35,18 +34,18 @@ export class SizePartitioningBlobStore implements BlobStore {
 
   async get(key: BlobKey, range: ReadRange | undefined, ctx: StoreContext): Promise<Readable> {
     const child = this.childFor(key);
-    return call(child, () => child.get(key, range, ctx));
+    return callChild(child, () => child.get(key, range, ctx));
   }
 
   async put(key: BlobKey, data: Readable, ctx: StoreContext): Promise<void> {
     const child = this.childFor(key);
-    await call(child, () => child.put(key, data, ctx));
+    await callChild(child, () => child.put(key, data, ctx));
   }
 
   /** Renames into place when the chosen child can; otherwise streams the file into it. */
   async putFile(key: BlobKey, path: string, ctx: StoreContext): Promise<void> {
     const child = this.childFor(key);
-    await call(child, async () => {
+    await callChild(child, async () => {
       if (child.putFile) return child.putFile(key, path, ctx);
       try {
         await child.put(key, createReadStream(path, { highWaterMark: 1 << 20 }), ctx);
@@ -61,7 +60,7 @@ export class SizePartitioningBlobStore implements BlobStore {
     const large: BlobKey[] = [];
     for (const key of keys) (key.sizeBytes <= this.thresholdBytes ? small : large).push(key);
     const ask = (child: BlobStore, part: BlobKey[]) =>
-      part.length === 0 ? Promise.resolve([]) : call(child, () => child.findMissing(part, ctx));
+      part.length === 0 ? Promise.resolve([]) : callChild(child, () => child.findMissing(part, ctx));
     const [missingSmall, missingLarge] = await Promise.all([ask(this.small, small), ask(this.large, large)]);
     return missingSmall.length === 0 ? missingLarge : missingSmall.concat(missingLarge);
   }
@@ -69,18 +68,4 @@ export class SizePartitioningBlobStore implements BlobStore {
   async close(): Promise<void> {
     await Promise.all([this.small.close?.(), this.large.close?.()]);
   }
-}
-
-/** Runs a child's call; its error is prefixed with the child's name (once, if it did not already). */
-async function call<T>(child: BlobStore, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw childError(err, child.name);
-  }
-}
-
-function childError(err: unknown, childName: string): RemexError {
-  const e = toRemexError(err);
-  return e.message.startsWith(`${childName}: `) ? e : e.prefixed(childName);
 }

@@ -1,3 +1,4 @@
+import { callChild, childError } from './child-errors.js';
 import { createReadStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
@@ -68,11 +69,11 @@ export class TieredBlobStore implements BlobStore {
       if (toRemexError(err).code !== Code.NOT_FOUND) throw childError(err, this.fast.name);
     }
     if ((range?.offset ?? 0) !== 0 || range?.limit) {
-      const stream = await call(this.slow, () => this.slow.get(key, range, ctx));
+      const stream = await callChild(this.slow, () => this.slow.get(key, range, ctx));
       this.copyInBackground(key);
       return stream;
     }
-    const source = await call(this.slow, () => this.slow.get(key, undefined, ctx));
+    const source = await callChild(this.slow, () => this.slow.get(key, undefined, ctx));
     const out = new PassThrough({ highWaterMark: BUFFER_BYTES });
     this.feedFast(key, source, out, this.slow.name);
     return out;
@@ -117,7 +118,7 @@ export class TieredBlobStore implements BlobStore {
       })
       .finally(() => stream.destroy());
     try {
-      await call(this.slow, () => this.slow.putFile!(key, path, ctx));
+      await callChild(this.slow, () => this.slow.putFile!(key, path, ctx));
     } catch (err) {
       slowFailed = true;
       stream.destroy(); // the slow store is the truth: do not cache what it refused
@@ -128,7 +129,7 @@ export class TieredBlobStore implements BlobStore {
   }
 
   async findMissing(keys: readonly BlobKey[], ctx: StoreContext): Promise<BlobKey[]> {
-    return call(this.slow, () => this.slow.findMissing(keys, ctx));
+    return callChild(this.slow, () => this.slow.findMissing(keys, ctx));
   }
 
   /** Resolves once every fast-store write started so far has finished (for tests and close). */
@@ -228,18 +229,4 @@ export class TieredBlobStore implements BlobStore {
     if (this.closing.signal.aborted) return;
     this.options.onFastError?.(childError(err, this.fast.name), key);
   }
-}
-
-async function call<T>(child: BlobStore, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    throw childError(err, child.name);
-  }
-}
-
-/** The error as a RemexError prefixed with the child's name (once, if it did not already). */
-function childError(err: unknown, childName: string): RemexError {
-  const e = toRemexError(err);
-  return e.message.startsWith(`${childName}: `) ? e : e.prefixed(childName);
 }

@@ -57,6 +57,43 @@ export interface Job {
   message: string;
 }
 
+/** The fields Execute decides: the job's identity, payload and policy. */
+export type JobRequest = Pick<
+  Job,
+  | 'instance'
+  | 'fn'
+  | 'actionDigest'
+  | 'action'
+  | 'platform'
+  | 'priority'
+  | 'invocation'
+  | 'doNotCache'
+  | 'timeoutMs'
+>;
+
+/** A fresh QUEUED job for a request; seq is the submission order (a store may assign its own). */
+export function newJob(req: JobRequest, name: string, now: number, seq: number): Job {
+  return {
+    name,
+    instance: req.instance,
+    fn: req.fn,
+    actionDigest: req.actionDigest,
+    action: req.action,
+    platform: req.platform,
+    priority: req.priority,
+    invocation: req.invocation,
+    doNotCache: req.doNotCache,
+    timeoutMs: req.timeoutMs,
+    stage: Stage.QUEUED,
+    seq,
+    queuedAt: now,
+    attempts: 0,
+    cancelRequested: false,
+    cachedResult: false,
+    message: '',
+  };
+}
+
 export function operationName(instance: string, id: string): string {
   return instance === '' ? `operations/${id}` : `${instance}/operations/${id}`;
 }

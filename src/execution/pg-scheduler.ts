@@ -1,17 +1,10 @@
 import pg from 'pg';
 import { toRemexError } from '../common/error-mapping.js';
-import {
-  Code,
-  RemexError,
-  aborted,
-  failedPrecondition,
-  invalidArgument,
-  notFound,
-} from '../common/status.js';
+import { Code, RemexError, aborted, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { migrate } from '../pg/migrate.js';
-import { Stage, operationName, type Job, type JobStatus } from './job.js';
-import { describeProperties, matches, unmetRequirements, type Offer, type Property } from './platform.js';
+import { Stage, newJob, operationName, type Job, type JobStatus } from './job.js';
+import { matches, unschedulableStatus, type Offer, type Property } from './platform.js';
 import {
   LeaseState,
   type LeaseReport,
@@ -187,25 +180,8 @@ export class PgScheduler implements SchedulerApi {
   }
 
   private blank(req: SubmitRequest, now: number): Job {
-    return {
-      name: operationName(req.instance, this.options.newId()),
-      instance: req.instance,
-      fn: req.fn,
-      actionDigest: req.actionDigest,
-      action: req.action,
-      platform: req.platform,
-      priority: req.priority,
-      invocation: req.invocation,
-      doNotCache: req.doNotCache,
-      timeoutMs: req.timeoutMs,
-      stage: Stage.QUEUED,
-      seq: 0, // from the table's sequence
-      queuedAt: now,
-      attempts: 0,
-      cancelRequested: false,
-      cachedResult: false,
-      message: '',
-    };
+    // seq comes from the table's sequence.
+    return newJob(req, operationName(req.instance, this.options.newId()), now, 0);
   }
 
   /** Inserts the job unless an identical one is in flight; a queued one is announced to the bots. */
@@ -776,19 +752,12 @@ export class PgScheduler implements SchedulerApi {
       );
   }
 
-  /** The same message Scheduler gives: what no connected worker offers. */
   private unschedulableStatus(platform: Property[], sessions: { offer: Offer }[]): JobStatus {
-    const unmet = new Map<string, Property>();
-    for (const s of sessions)
-      for (const p of unmetRequirements(platform, s.offer, this.options.propertyTypes))
-        unmet.set(`${p.name}=${p.value}`, p);
-    const missing = sessions.length === 0 ? platform : [...unmet.values()];
-    const e = failedPrecondition(
-      sessions.length === 0
-        ? `no worker is connected to run this action (platform: ${describeProperties(platform)})`
-        : `no worker matches the platform properties ${describeProperties(missing)} (requested: ${describeProperties(platform)})`,
+    return unschedulableStatus(
+      platform,
+      sessions.map((s) => s.offer),
+      this.options.propertyTypes,
     );
-    return { code: e.code, message: e.message };
   }
 
   /** Answers every held poll now, then stops listening and closes the pool. */

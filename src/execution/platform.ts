@@ -1,3 +1,4 @@
+import { failedPrecondition } from '../common/status.js';
 /** A platform property as sent by clients (Action.platform / Command.platform). */
 export interface Property {
   name: string;
@@ -104,4 +105,25 @@ export function normalisePlatform(properties: readonly Property[]): Property[] {
       seen.add(k);
       return true;
     });
+}
+
+/**
+ * FAILED_PRECONDITION for an action no connected worker can run, naming what none of
+ * them offers (or that none is connected). Both schedulers give exactly this message.
+ */
+export function unschedulableStatus(
+  platform: Property[],
+  offers: Offer[],
+  types?: PropertyTypes,
+): { code: number; message: string } {
+  const unmet = new Map<string, Property>();
+  for (const offer of offers)
+    for (const p of unmetRequirements(platform, offer, types)) unmet.set(`${p.name}=${p.value}`, p);
+  const missing = offers.length === 0 ? platform : [...unmet.values()];
+  const e = failedPrecondition(
+    offers.length === 0
+      ? `no worker is connected to run this action (platform: ${describeProperties(platform)})`
+      : `no worker matches the platform properties ${describeProperties(missing)} (requested: ${describeProperties(platform)})`,
+  );
+  return { code: e.code, message: e.message };
 }

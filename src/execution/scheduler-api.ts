@@ -1,5 +1,5 @@
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { Job, JobStatus } from './job.js';
+import type { Job, JobRequest, JobStatus } from './job.js';
 import type { Offer } from './platform.js';
 
 /** google.devtools.remoteworkers.v1test2.LeaseState values. */
@@ -11,18 +11,7 @@ export enum LeaseState {
 }
 
 /** What Execute hands the scheduler: the job's identity, payload and policy. */
-export type SubmitRequest = Pick<
-  Job,
-  | 'instance'
-  | 'fn'
-  | 'actionDigest'
-  | 'action'
-  | 'platform'
-  | 'priority'
-  | 'invocation'
-  | 'doNotCache'
-  | 'timeoutMs'
->;
+export type SubmitRequest = JobRequest;
 
 export interface LeaseView {
   id: string;

@@ -1,15 +1,8 @@
 import type { Digest, DigestFunction } from '../common/digest.js';
-import { Code, failedPrecondition, invalidArgument, notFound } from '../common/status.js';
+import { Code, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { Stage, operationName, type Job, type JobStatus } from './job.js';
-import {
-  describeProperties,
-  matches,
-  unmetRequirements,
-  type Offer,
-  type Property,
-  type PropertyTypes,
-} from './platform.js';
+import { Stage, newJob, operationName, type Job, type JobStatus } from './job.js';
+import { matches, unschedulableStatus, type Offer, type PropertyTypes } from './platform.js';
 import {
   LeaseState,
   type LeaseReport,
@@ -122,25 +115,7 @@ export class Scheduler implements SchedulerApi {
   }
 
   private blank(req: SubmitRequest, now: number): Job {
-    return {
-      name: operationName(req.instance, this.options.newId()),
-      instance: req.instance,
-      fn: req.fn,
-      actionDigest: req.actionDigest,
-      action: req.action,
-      platform: req.platform,
-      priority: req.priority,
-      invocation: req.invocation,
-      doNotCache: req.doNotCache,
-      timeoutMs: req.timeoutMs,
-      stage: Stage.QUEUED,
-      seq: this.seq++,
-      queuedAt: now,
-      attempts: 0,
-      cancelRequested: false,
-      cachedResult: false,
-      message: '',
-    };
+    return newJob(req, operationName(req.instance, this.options.newId()), now, this.seq++);
   }
 
   get(name: string): Job | undefined {
@@ -369,18 +344,8 @@ export class Scheduler implements SchedulerApi {
   }
 
   private unschedulableStatus(job: Job): JobStatus {
-    const offers = [...this.sessions.values()];
-    const unmet = new Map<string, Property>();
-    for (const s of offers)
-      for (const p of unmetRequirements(job.platform, s.offer, this.options.propertyTypes))
-        unmet.set(`${p.name}=${p.value}`, p);
-    const missing = offers.length === 0 ? job.platform : [...unmet.values()];
-    const e = failedPrecondition(
-      offers.length === 0
-        ? `no worker is connected to run this action (platform: ${describeProperties(job.platform)})`
-        : `no worker matches the platform properties ${describeProperties(missing)} (requested: ${describeProperties(job.platform)})`,
-    );
-    return { code: e.code, message: e.message };
+    const offers = [...this.sessions.values()].map((s) => s.offer);
+    return unschedulableStatus(job.platform, offers, this.options.propertyTypes);
   }
 
   private anySessionMatches(job: Job): boolean {

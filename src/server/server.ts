@@ -54,6 +54,12 @@ export interface RunningServer {
   close(graceMs?: number): Promise<void>;
 }
 
+const EXECUTION_SERVICES = new Set([
+  'build.bazel.remote.execution.v2.Execution',
+  'google.longrunning.Operations',
+  'google.devtools.remoteworkers.v1test2.Bots',
+]);
+
 // Headroom over the batch limit for the rest of the message (digests, framing).
 const MESSAGE_OVERHEAD = 1 << 20;
 
@@ -90,12 +96,29 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const assets = assetStore ? new AssetIndex(assetStore, cas) : undefined;
   const scheduler = serveExecution && actionCache ? await createScheduler(config, actionCache) : undefined;
   let sweeping = false;
+  // The sweep reaches the scheduler's database every second: it doubles as the health
+  // probe of the execution services (NOT_SERVING while the database is unreachable).
+  let schedulerHealthy = true;
+  let stopping = false;
+  let reportSchedulerHealth = (_ok: boolean) => {};
   const sweeper = setInterval(() => {
     if (!scheduler || sweeping) return;
     sweeping = true;
     Promise.resolve(scheduler.sweep())
-      .catch((err: unknown) => log.warn({ err }, 'scheduler sweep failed'))
-      .finally(() => (sweeping = false));
+      .then(
+        () => {
+          if (!schedulerHealthy) log.info('scheduler reachable again; execution services SERVING');
+          schedulerHealthy = true;
+        },
+        (err: unknown) => {
+          if (schedulerHealthy) log.warn({ err }, 'scheduler sweep failed; execution services NOT_SERVING');
+          schedulerHealthy = false;
+        },
+      )
+      .finally(() => {
+        sweeping = false;
+        reportSchedulerHealth(schedulerHealthy);
+      });
   }, 1000);
   sweeper.unref();
   const execution =
@@ -165,6 +188,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
     ...Object.fromEntries(services.map(([name]) => [name, 'SERVING' as const])),
   });
   health.addToServer(server);
+  const executionServices = services.map(([name]) => name).filter((n) => EXECUTION_SERVICES.has(n));
+  reportSchedulerHealth = (ok) => {
+    if (stopping) return;
+    for (const name of executionServices) health.setStatus(name, ok ? 'SERVING' : 'NOT_SERVING');
+  };
   addReflection(
     server,
     services.map(([name]) => name),
@@ -224,6 +252,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     address,
     port,
     close(graceMs = config.shutdownGrace) {
+      stopping = true;
       closed ??= (async () => {
         await Promise.all(localWorkers.map((w) => w.stop()));
         await scheduler?.close();

@@ -9,11 +9,14 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { status, type Client } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OperationsService } from '../../src/gen/google/longrunning/operations.js';
+import { HealthCheckResponse_ServingStatus, HealthService } from '../../src/gen/grpc/health/v1/health.js';
 import type { ConfigInput } from '../../src/config/config.js';
 import { removeTree, tail } from '../helpers/bazel.js';
-import { readBlob } from '../helpers/blobs.js';
-import { clientsFor, executionClientsFor } from '../helpers/clients.js';
+import { errorOf, readBlob } from '../helpers/blobs.js';
+import { clientsFor, executionClientsFor, unaryCall } from '../helpers/clients.js';
 import { collect, executeRequest, uploadAction, type OperationUpdate } from '../helpers/execution.js';
 import { startRemex, type RemexProcess } from '../helpers/remex-process.js';
 import { freePort, startPostgres, type Postgres } from '../helpers/services.js';
@@ -107,5 +110,33 @@ describe('PostgreSQL scheduler restart with actions queued and running', () => {
     // The new process answers for the old names again, after completion too.
     const again = await collect(x.execution.waitExecution({ name: names[0]! })).done;
     expect(again.at(-1)?.done).toBe(true);
+  });
+
+  it('while the database is down the execution services report NOT_SERVING and calls fail UNAVAILABLE', async () => {
+    expect(remex, 'needs the restarted server').toBeDefined();
+    const c = clientsFor(address);
+    const x = executionClientsFor(address);
+    const check = () =>
+      unaryCall(c.capabilities as Client, HealthService.check, {
+        service: 'build.bazel.remote.execution.v2.Execution',
+      });
+    try {
+      expect((await check()).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+      await pg!.stop();
+      pg = undefined;
+      for (const deadline = Date.now() + 20_000; ;) {
+        if ((await check()).status === HealthCheckResponse_ServingStatus.NOT_SERVING) break;
+        if (Date.now() > deadline) throw new Error(`still SERVING\n${logs()}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const err = await errorOf(
+        unaryCall(x.operations as Client, OperationsService.getOperation, { name: 'operations/anything' }),
+      );
+      expect(err.code, err.details).toBe(status.UNAVAILABLE);
+      expect(err.details).toMatch(/scheduler database/);
+    } finally {
+      c.close();
+      x.close();
+    }
   });
 });

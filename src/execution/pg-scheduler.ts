@@ -14,6 +14,7 @@ import {
   type SubmitRequest,
 } from './scheduler-api.js';
 import type { SchedulerOptions } from './scheduler.js';
+import { settleResult } from './completion.js';
 import { PgListener } from './pg-scheduler-listener.js';
 import { MIGRATIONS } from './pg-scheduler-migrations.js';
 import { Polls } from './pg-scheduler-polls.js';
@@ -577,26 +578,7 @@ export class PgScheduler implements SchedulerApi {
       const job = rowToJob(row);
       const result = report.result;
       const status = report.status ?? { code: Code.OK, message: '' };
-      // The worker cannot know when the action was queued: the scheduler fills that in.
-      if (result?.executionMetadata) {
-        result.executionMetadata.queuedTimestamp = {
-          seconds: Math.floor(job.queuedAt / 1000),
-          nanos: (job.queuedAt % 1000) * 1e6,
-        };
-      }
-      if (
-        result &&
-        status.code === Code.OK &&
-        result.exitCode === 0 &&
-        !job.doNotCache &&
-        this.options.onSuccess
-      ) {
-        try {
-          await this.options.onSuccess(job, result);
-        } catch (err) {
-          this.options.onError?.(job, err);
-        }
-      }
+      await settleResult(job, result, status, this.options);
       await this.complete(c, job.name, result, status);
     });
   }

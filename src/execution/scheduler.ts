@@ -1,6 +1,7 @@
 import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { settleResult } from './completion.js';
 import { Stage, newJob, operationName, type Job, type JobStatus } from './job.js';
 import { matches, unschedulableStatus, type Offer, type PropertyTypes } from './platform.js';
 import {
@@ -251,26 +252,7 @@ export class Scheduler implements SchedulerApi {
 
   private async finish(job: Job, result: ActionResult | undefined, status: JobStatus): Promise<void> {
     if (job.stage === Stage.COMPLETED) return;
-    // The worker cannot know when the action was queued: the scheduler fills that in.
-    if (result?.executionMetadata) {
-      result.executionMetadata.queuedTimestamp = {
-        seconds: Math.floor(job.queuedAt / 1000),
-        nanos: (job.queuedAt % 1000) * 1e6,
-      };
-    }
-    if (
-      result &&
-      status.code === Code.OK &&
-      result.exitCode === 0 &&
-      !job.doNotCache &&
-      this.options.onSuccess
-    ) {
-      try {
-        await this.options.onSuccess(job, result);
-      } catch (err) {
-        this.options.onError?.(job, err);
-      }
-    }
+    await settleResult(job, result, status, this.options);
     this.complete(job, result, status);
   }
 

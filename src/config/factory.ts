@@ -1,5 +1,6 @@
 import pg from 'pg';
 import type { BlobStore } from '../cas/blob-store.js';
+import { pgConfig } from '../pg/connection.js';
 import { DiskBlobStore } from '../cas/disk-blob-store.js';
 import { ExistenceCachingBlobStore } from '../cas/existence-caching-store.js';
 import { IndexedBlobStore } from '../cas/indexed-store.js';
@@ -26,7 +27,7 @@ export class SharedResources {
   pgPool(url: string, size: number): pg.Pool {
     let pool = this.pools.get(url);
     if (!pool) {
-      pool = new pg.Pool({ connectionString: url, max: size });
+      pool = new pg.Pool(pgConfig(url, { max: size }));
       // An idle client losing its connection must not crash the process; the next query reports it.
       pool.on('error', () => {});
       this.pools.set(url, pool);

@@ -1,3 +1,4 @@
+import { failedPrecondition, type RemexError } from '../common/status.js';
 import type { Digest, DigestFunction } from '../common/digest.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Property } from './platform.js';
@@ -92,6 +93,13 @@ export function newJob(req: JobRequest, name: string, now: number, seq: number):
     cachedResult: false,
     message: '',
   };
+}
+
+/** DeleteOperation of an operation in flight: refused, since deleting does not cancel. */
+export function stillRunning(name: string): RemexError {
+  return failedPrecondition(
+    `operation ${name} is still in flight; DeleteOperation does not cancel it: CancelOperation first, or delete it once done`,
+  );
 }
 
 export function operationName(instance: string, id: string): string {

@@ -1,4 +1,8 @@
 import pg from 'pg';
+import { pgConfig } from '../pg/connection.js';
+
+/** How often the LISTEN connection proves it is alive (a half-open socket sends no error). */
+const HEARTBEAT_MS = 10_000;
 
 /**
  * The dedicated connection on which a PgScheduler replica LISTENs. Notifications carry
@@ -11,6 +15,7 @@ export class PgListener {
   private closed = false;
   private retryMs = 100;
   private timer?: NodeJS.Timeout;
+  private heartbeat?: NodeJS.Timeout;
 
   private constructor(
     private readonly url: string,
@@ -31,7 +36,7 @@ export class PgListener {
   }
 
   private async connect(): Promise<void> {
-    const client = new pg.Client({ connectionString: this.url });
+    const client = new pg.Client(pgConfig(this.url));
     // Only an established connection is re-made; a failing connect() throws instead.
     const onLost = () => {
       if (this.client !== client) return;
@@ -55,6 +60,18 @@ export class PgListener {
     }
     this.client = client;
     this.retryMs = 100;
+    this.heartbeat ??= setInterval(() => {
+      const current = this.client;
+      // A query that fails or times out (query_timeout) means the connection is gone.
+      current?.query('SELECT 1').catch(() => {
+        if (this.client === current) {
+          this.client = undefined;
+          current.end().catch(() => {});
+          this.scheduleReconnect();
+        }
+      });
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
   }
 
   private scheduleReconnect(): void {
@@ -74,6 +91,7 @@ export class PgListener {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    clearInterval(this.heartbeat);
     const client = this.client;
     this.client = undefined;
     if (client) {

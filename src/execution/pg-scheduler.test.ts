@@ -471,6 +471,9 @@ describe('PgScheduler operations and bots', () => {
       code: Code.NOT_FOUND,
       message: `operation ${hit.name} does not exist`,
     });
+    // Deleting does not cancel: an operation in flight is refused and keeps its place.
+    await expect(a.delete(queued.name)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION });
+    expect((await b.get(queued.name))?.stage).toBe(Stage.QUEUED);
   });
 
   it('gives no new lease to a bot that is not accepting work, and does not hold it', async () => {

@@ -2,8 +2,9 @@ import pg from 'pg';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code, RemexError, aborted, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { pgConfig } from '../pg/connection.js';
 import { migrate } from '../pg/migrate.js';
-import { Stage, newJob, operationName, type Job, type JobStatus } from './job.js';
+import { Stage, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
 import { matches, unschedulableStatus, type Offer, type Property } from './platform.js';
 import {
   LeaseState,
@@ -105,7 +106,7 @@ export class PgScheduler implements SchedulerApi {
 
   /** Connects, brings the schema up to date and starts listening for other replicas' changes. */
   static async open(options: PgSchedulerOptions): Promise<PgScheduler> {
-    const pool = new pg.Pool({ connectionString: options.url, max: options.poolSize ?? 10 });
+    const pool = new pg.Pool(pgConfig(options.url, { max: options.poolSize ?? 10 }));
     // A lost idle connection is dropped from the pool; the next query reconnects or fails.
     pool.on('error', () => {});
     try {
@@ -292,8 +293,15 @@ export class PgScheduler implements SchedulerApi {
 
   async delete(name: string): Promise<void> {
     await this.db(async () => {
-      const { rowCount } = await this.pool.query('DELETE FROM scheduler_operations WHERE name = $1', [name]);
-      if (!rowCount) throw notFound(`operation ${name} does not exist`);
+      // DeleteOperation does not cancel: an operation still in flight is kept running.
+      const { rowCount } = await this.pool.query(
+        'DELETE FROM scheduler_operations WHERE name = $1 AND stage = 4',
+        [name],
+      );
+      if (rowCount) return;
+      const exists = await this.pool.query('SELECT 1 FROM scheduler_operations WHERE name = $1', [name]);
+      if (!exists.rowCount) throw notFound(`operation ${name} does not exist`);
+      throw stillRunning(name);
     });
   }
 
@@ -605,15 +613,28 @@ export class PgScheduler implements SchedulerApi {
         [session.name],
       );
       if (busy.rowCount) return { contended };
-      for (let offset = 0; ; offset += CANDIDATE_BATCH) {
-        const { rows } = await c.query<{ name: string; platform: Property[] }>(
-          `SELECT j.name, j.platform FROM scheduler_operations j
+      // Pages continue after the last row seen (keyset), not at an offset: rows other bots
+      // take meanwhile would shift an offset and skip a candidate.
+      let after: [number, string, string] | undefined;
+      for (;;) {
+        const { rows } = await c.query<{
+          name: string;
+          platform: Property[];
+          priority: number;
+          served: string;
+          seq: string;
+        }>(
+          `SELECT j.name, j.platform, j.priority, COALESCE(i.last_served, 0) AS served, j.seq
+           FROM scheduler_operations j
            LEFT JOIN scheduler_invocations i ON i.invocation = j.invocation
            WHERE j.instance = $1 AND j.stage = 2 AND j.lease_id IS NULL
+             AND ($3::integer IS NULL OR (j.priority, COALESCE(i.last_served, 0), j.seq) > ($3, $4::bigint, $5::bigint))
            ORDER BY j.priority, COALESCE(i.last_served, 0), j.seq
-           LIMIT $2 OFFSET $3`,
-          [session.instance, CANDIDATE_BATCH, offset],
+           LIMIT $2`,
+          [session.instance, CANDIDATE_BATCH, after?.[0] ?? null, after?.[1] ?? null, after?.[2] ?? null],
         );
+        const last = rows.at(-1);
+        if (last) after = [last.priority, last.served, last.seq];
         for (const candidate of rows) {
           if (!this.fits(candidate.platform, session.offer)) continue;
           const taken = await one<OperationRow>(
@@ -728,9 +749,15 @@ export class PgScheduler implements SchedulerApi {
            SET stage = 4, completed_at = $1, status = f.status, result = NULL
            FROM jsonb_to_recordset($2::jsonb) AS f(name text, status jsonb)
            WHERE j.name = f.name AND j.stage = 2 AND j.lease_id IS NULL
+             -- Still unmatched: a bot registering meanwhile clears unmatched_since.
+             AND j.unmatched_since IS NOT NULL AND j.unmatched_since <= $3
            RETURNING j.name)
          SELECT pg_notify('${OPERATION_CHANNEL}', name) FROM done`,
-        [now, JSON.stringify(failed.map((f) => ({ name: f.name, status: statusToRow(f.status) })))],
+        [
+          now,
+          JSON.stringify(failed.map((f) => ({ name: f.name, status: statusToRow(f.status) }))),
+          now - this.options.unschedulableTimeoutMs,
+        ],
       );
   }
 
@@ -740,6 +767,12 @@ export class PgScheduler implements SchedulerApi {
       sessions.map((s) => s.offer),
       this.options.propertyTypes,
     );
+  }
+
+  /** Answers every held poll now and holds no more; calls are still served. */
+  drain(): void {
+    this.closing = true;
+    this.polls.pokeAll();
   }
 
   /** Answers every held poll now, then stops listening and closes the pool. */

@@ -71,6 +71,11 @@ export interface SchedulerApi {
   ): Promise<SessionView>;
   /** Expires silent bot sessions, fails unschedulable jobs and forgets old operations. */
   sweep(): Awaitable<void>;
-  /** Answers every held poll now and holds no more: for a prompt server shutdown. */
+  /**
+   * Answers every held poll now and holds no more, still serving calls: the first step
+   * of a shutdown, so the server's grace period is not spent in long polls.
+   */
+  drain(): void;
+  /** Releases the scheduler's resources (database connections); calls fail afterwards. */
   close(): Awaitable<void>;
 }

@@ -302,4 +302,14 @@ describe('Scheduler results', () => {
       nanos: 0,
     });
   });
+
+  it('refuses to delete an operation in flight (deleting does not cancel) and deletes it once done', async () => {
+    const { scheduler } = setup();
+    const job = scheduler.submit(request());
+    expect(() => scheduler.delete(job.name)).toThrow(/still in flight; DeleteOperation does not cancel it/);
+    expect(scheduler.get(job.name)?.stage).toBe(Stage.QUEUED);
+    scheduler.cancel(job.name);
+    scheduler.delete(job.name);
+    expect(scheduler.get(job.name)).toBeUndefined();
+  });
 });

@@ -2,7 +2,7 @@ import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { settleResult } from './completion.js';
-import { Stage, newJob, operationName, type Job, type JobStatus } from './job.js';
+import { Stage, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
 import { matches, unschedulableStatus, type Offer, type PropertyTypes } from './platform.js';
 import {
   LeaseState,
@@ -160,7 +160,10 @@ export class Scheduler implements SchedulerApi {
   }
 
   delete(name: string): void {
-    if (!this.options.store.get(name)) throw notFound(`operation ${name} does not exist`);
+    const job = this.options.store.get(name);
+    if (!job) throw notFound(`operation ${name} does not exist`);
+    // DeleteOperation does not cancel: an operation still in flight is kept running.
+    if (job.stage !== Stage.COMPLETED) throw stillRunning(name);
     this.options.store.delete(name);
   }
 
@@ -392,6 +395,10 @@ export class Scheduler implements SchedulerApi {
 
   /** Answers every held poll now and holds no more: for a prompt server shutdown. */
   close(): void {
+    this.drain();
+  }
+
+  drain(): void {
     this.closing = true;
     for (const session of this.sessions.values()) session.wake?.();
   }

@@ -60,6 +60,9 @@ const EXECUTION_SERVICES = new Set([
   'google.devtools.remoteworkers.v1test2.Bots',
 ]);
 
+/** Longest a finished action's result may take to reach the action cache. */
+const ACTION_CACHE_WRITE_TIMEOUT_MS = 20_000;
+
 // Headroom over the batch limit for the rest of the message (digests, framing).
 const MESSAGE_OVERHEAD = 1 << 20;
 
@@ -255,9 +258,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
       stopping = true;
       closed ??= (async () => {
         await Promise.all(localWorkers.map((w) => w.stop()));
-        await scheduler?.close();
+        // Refuse new work, answer held bot polls, let running calls finish (they still
+        // reach the scheduler's database), and only then release the storage.
         for (const [name] of services) health.setStatus(name, 'NOT_SERVING');
         health.setStatus('', 'NOT_SERVING');
+        scheduler?.drain();
         await new Promise<void>((resolve) => {
           const timer = setTimeout(() => {
             server.forceShutdown();
@@ -269,6 +274,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
           });
         });
         clearInterval(sweeper);
+        await scheduler?.close();
         await metrics?.close();
         await uploads?.close();
         await Promise.all([casStore.close?.(), acStore?.close?.(), assetStore?.close?.()]);
@@ -291,8 +297,11 @@ async function createScheduler(config: Config, actionCache: ActionCache): Promis
     unschedulableTimeoutMs: exec.unschedulableTimeout,
     completedRetentionMs: exec.completedRetention,
     propertyTypes: propertyTypes(exec.propertyTypes),
+    // Bounded: the PostgreSQL scheduler holds the operation's row lock meanwhile.
     onSuccess: (job: Job, result: ActionResult) =>
-      actionCache.record(job.instance, job.fn, job.actionDigest, result, {}),
+      actionCache.record(job.instance, job.fn, job.actionDigest, result, {
+        signal: AbortSignal.timeout(ACTION_CACHE_WRITE_TIMEOUT_MS),
+      }),
     onRequeue: (job: Job, why: string) =>
       log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
     onError: (job: Job, err: unknown) =>

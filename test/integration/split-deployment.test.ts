@@ -61,6 +61,17 @@ function count(text: string, needle: string): number {
   return text.split('\n').filter((l) => l.includes(needle)).length;
 }
 
+/** Established TCP connections to 127.0.0.1:port, from /proc/net/tcp (state 01). */
+async function connectionsTo(port: number): Promise<number> {
+  const table = await readFile('/proc/net/tcp', 'utf8');
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return table
+    .split('\n')
+    .slice(1)
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f[1] === local && f[3] === '01').length;
+}
+
 async function waitFor(what: string, timeoutMs: number, probe: () => boolean): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!probe()) {
@@ -165,6 +176,10 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
       // Slow actions run 3 s each on 4 slots: once 4 leases started, the build is mid-way.
       await waitFor('4 actions to start on the workers', 120_000, () => started() >= 4 || finished);
       expect(finished, 'the build must still be running when the replica is killed').toBe(false);
+      // nginx really sends work to the replica about to die (Execute streams, bot polls).
+      expect(await connectionsTo(replicas[0]!.port), 'connections from nginx to replica 0').toBeGreaterThan(
+        0,
+      );
       replicas[0]!.child.kill('SIGKILL');
       const killedAt = started();
       const build = await building;

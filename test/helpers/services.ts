@@ -62,6 +62,17 @@ async function stopProcess(proc: ChildProcess, signal: NodeJS.Signals = 'SIGTERM
   clearTimeout(timer);
 }
 
+/** Waits until proc listens on port; otherwise kills it and throws with its output. */
+async function started(proc: ChildProcess, what: string, port: number, timeoutMs: number): Promise<void> {
+  const output = collect(proc);
+  try {
+    await waitForPort(port, timeoutMs, proc);
+  } catch (err) {
+    proc.kill('SIGKILL');
+    throw new Error(`${what} did not start: ${(err as Error).message}\n${output()}`, { cause: err });
+  }
+}
+
 function collect(proc: ChildProcess): () => string {
   let out = '';
   const add = (b: Buffer) => {
@@ -119,13 +130,7 @@ export async function startPostgres(): Promise<Postgres> {
     ]),
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  const output = collect(proc);
-  try {
-    await waitForPort(port, 30_000, proc);
-  } catch (err) {
-    proc.kill('SIGKILL');
-    throw new Error(`postgres did not start: ${(err as Error).message}\n${output()}`, { cause: err });
-  }
+  await started(proc, 'postgres', port, 30_000);
   const psql = async (sql: string) => {
     const { stdout } = await run(`${PG_BIN}/psql`, [
       '-h',
@@ -199,13 +204,7 @@ export async function startRedis(): Promise<Redis> {
       ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
-    const output = collect(proc);
-    try {
-      await waitForPort(port, 20_000, proc);
-    } catch (err) {
-      proc.kill('SIGKILL');
-      throw new Error(`redis-server did not start: ${(err as Error).message}\n${output()}`, { cause: err });
-    }
+    await started(proc, 'redis-server', port, 20_000);
   };
   await launch();
   return {
@@ -251,13 +250,7 @@ export async function startS3(bucket = 'remex-cas'): Promise<S3> {
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  const output = collect(proc);
-  try {
-    await waitForPort(port, 20_000, proc);
-  } catch (err) {
-    proc.kill('SIGKILL');
-    throw new Error(`s3rver did not start: ${(err as Error).message}\n${output()}`, { cause: err });
-  }
+  await started(proc, 's3rver', port, 20_000);
   return {
     port,
     endpoint: `http://127.0.0.1:${port}`,
@@ -298,13 +291,7 @@ export async function startNginx(
   const proc = spawn('/usr/sbin/nginx', ['-p', dir, '-c', file, '-g', 'daemon off;'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const output = collect(proc);
-  try {
-    await waitForPort(listen, 20_000, proc);
-  } catch (err) {
-    proc.kill('SIGKILL');
-    throw new Error(`nginx did not start: ${(err as Error).message}\n${output()}`, { cause: err });
-  }
+  await started(proc, 'nginx', listen, 20_000);
   return {
     port: listen,
     dir,

@@ -1,7 +1,7 @@
 /**
  * The split deployment (issue 5's acceptance), every part real and on loopback:
  * PostgreSQL 15 (scheduler + CAS index), Redis 7 (action cache, assets), s3rver (CAS
- * objects), two replicas of the execution role, one CAS role, one action-cache role,
+ * objects), two replicas of the execution role, two of the CAS role, one action-cache role,
  * nginx in front with nginx/remex.conf, and two `remex worker` processes that know only
  * nginx's address. Bazel 4.2.3 builds the fixture workspace through nginx; one
  * execution replica is SIGKILLed while actions run; the build still succeeds; after
@@ -80,13 +80,14 @@ async function waitFor(what: string, timeoutMs: number, probe: () => boolean): P
   }
 }
 
-describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers behind nginx', () => {
+describe('split deployment: 2 execution replicas, 2 CAS replicas, AC role, 2 workers behind nginx', () => {
   let pg: Postgres | undefined;
   let redis: Redis | undefined;
   let s3: S3 | undefined;
   let nginx: Nginx | undefined;
   const replicas: RemexProcess[] = [];
-  let casRole: RemexProcess | undefined;
+  /** Two CAS replicas on the same bucket and index: the CAS scales out too. */
+  const casRoles: RemexProcess[] = [];
   let acRole: RemexProcess | undefined;
   const workers: WorkerProcess[] = [];
   let bz: BazelWorkspace | undefined;
@@ -94,7 +95,7 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
 
   const roleLogs = () => [
     ...replicas.map((r, i) => `--- execution replica ${i} log (tail):\n${tail(r.log(), 25)}`),
-    `--- cas role log (tail):\n${tail(casRole?.log() ?? '', 15)}`,
+    ...casRoles.map((r, i) => `--- cas replica ${i} log (tail):\n${tail(r.log(), 15)}`),
     `--- ac role log (tail):\n${tail(acRole?.log() ?? '', 15)}`,
     ...workers.map((w, i) => `--- worker ${i} log (tail):\n${tail(w.log(), 15)}`),
   ];
@@ -128,18 +129,19 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
     };
     const role = (services: string) => startRemex({ config: shared, args: ['--services', services] });
     // The replicas migrate the same database at the same time: the advisory lock serialises them.
-    const [r0, r1, cas, ac] = await Promise.all([
+    const [r0, r1, cas0, cas1, ac] = await Promise.all([
       role('execution'),
       role('execution'),
+      role('cas'),
       role('cas'),
       role('actioncache'),
     ]);
     replicas.push(r0, r1);
-    casRole = cas;
+    casRoles.push(cas0, cas1);
     acRole = ac;
     const upstreams = await upstreamsConf({
       execution: replicas.map((r) => r.address),
-      cas: cas.address,
+      cas: casRoles.map((r) => r.address),
       actioncache: ac.address,
     });
     nginx = await startNginx(await shippedConfig(), undefined, { 'upstreams.conf': upstreams });
@@ -157,10 +159,10 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
     await bz?.shutdown();
     await bz?.remove();
     for (const w of workers) w.child.kill('SIGTERM');
-    await Promise.all([...replicas, casRole, acRole].map((r) => r?.stop()));
+    await Promise.all([...replicas, ...casRoles, acRole].map((r) => r?.stop()));
     await nginx?.stop();
     await Promise.all([pg?.stop(), redis?.stop(), s3?.stop()]);
-    for (const r of [...replicas, casRole, acRole]) await removeTree(r?.dataDir);
+    for (const r of [...replicas, ...casRoles, acRole]) await removeTree(r?.dataDir);
     await removeTree(tmp);
   }, TEST_TIMEOUT_MS);
 
@@ -188,6 +190,9 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
       expect(summary.runners.remote, `${summary.line}\n${bz!.context(build)}`).toBe(SPAWNS);
       // Work went on after the kill, through the surviving replica.
       expect(started(), bz!.context(build)).toBeGreaterThan(killedAt);
+      // Both CAS replicas took part (nginx keeps its connections to each open).
+      for (const [i, r] of casRoles.entries())
+        expect(await connectionsTo(r.port), `connections from nginx to CAS replica ${i}`).toBeGreaterThan(0);
       const { execRoot } = await bz!.paths('--noshow_progress');
       const joined = await readFile(join(execRoot, 'bazel-out/k8-fastbuild/bin/slow/slow_all.txt'), 'utf8');
       expect(joined).toBe(Array.from({ length: 8 }, (_, i) => `slow action ${i}\n`).join(''));
@@ -206,7 +211,7 @@ describe('split deployment: 2 execution replicas, CAS role, AC role, 2 workers b
   );
 
   it('the surviving roles logged no errors', () => {
-    for (const r of [replicas[1], casRole, acRole])
-      expect(remexLogErrors(r?.log() ?? ''), roleLogs().join('\n')).toEqual([]);
+    for (const r of [replicas[1], ...casRoles, acRole])
+      expect(remexLogErrors(r?.log() ?? '').join('\n'), roleLogs().join('\n')).toBe('');
   });
 });

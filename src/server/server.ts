@@ -107,7 +107,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const sweeper = setInterval(() => {
     if (!scheduler || sweeping) return;
     sweeping = true;
-    Promise.resolve(scheduler.sweep())
+    // Through then(): the in-memory sweep is synchronous and must not throw out of the timer.
+    Promise.resolve()
+      .then(() => scheduler.sweep())
       .then(
         () => {
           if (!schedulerHealthy) log.info('scheduler reachable again; execution services SERVING');

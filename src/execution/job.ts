@@ -1,4 +1,4 @@
-import { failedPrecondition, type RemexError } from '../common/status.js';
+import { Code, failedPrecondition, type RemexError } from '../common/status.js';
 import type { Digest, DigestFunction } from '../common/digest.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Property } from './platform.js';
@@ -100,6 +100,18 @@ export function stillRunning(name: string): RemexError {
   return failedPrecondition(
     `operation ${name} is still in flight; DeleteOperation does not cancel it: CancelOperation first, or delete it once done`,
   );
+}
+
+/** A job completed from the action cache, without running. */
+export function cachedJob(job: Job, result: ActionResult, now: number): Job {
+  return {
+    ...job,
+    stage: Stage.COMPLETED,
+    completedAt: now,
+    result,
+    status: { code: Code.OK, message: '' },
+    cachedResult: true,
+  };
 }
 
 export function operationName(instance: string, id: string): string {

@@ -4,7 +4,7 @@ import { Code, RemexError, aborted, invalidArgument, notFound } from '../common/
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { pgConfig } from '../pg/connection.js';
 import { migrate } from '../pg/migrate.js';
-import { Stage, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
+import { Stage, cachedJob, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
 import { matches, unschedulableStatus, type Offer, type Property } from './platform.js';
 import {
   LeaseState,
@@ -167,14 +167,7 @@ export class PgScheduler implements SchedulerApi {
   async recordCached(req: SubmitRequest, result: ActionResult): Promise<Job> {
     return this.db(async () => {
       const now = this.options.now();
-      const job: Job = {
-        ...this.blank(req, now),
-        stage: Stage.COMPLETED,
-        completedAt: now,
-        result,
-        status: { code: Code.OK, message: '' },
-        cachedResult: true,
-      };
+      const job = cachedJob(this.blank(req, now), result, now);
       const inserted = await this.insert(job, false);
       if (!inserted) throw new Error(`operation ${job.name} already exists`);
       return inserted;

@@ -2,7 +2,7 @@ import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, invalidArgument, notFound } from '../common/status.js';
 import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { settleResult } from './completion.js';
-import { Stage, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
+import { Stage, cachedJob, newJob, operationName, stillRunning, type Job, type JobStatus } from './job.js';
 import { matches, unschedulableStatus, type Offer, type PropertyTypes } from './platform.js';
 import {
   LeaseState,
@@ -103,14 +103,7 @@ export class Scheduler implements SchedulerApi {
   /** Records an operation that completed without running (an action cache hit). */
   recordCached(req: SubmitRequest, result: ActionResult): Job {
     const now = this.options.now();
-    const job: Job = {
-      ...this.blank(req, now),
-      stage: Stage.COMPLETED,
-      completedAt: now,
-      result,
-      status: { code: Code.OK, message: '' },
-      cachedResult: true,
-    };
+    const job = cachedJob(this.blank(req, now), result, now);
     this.options.store.put(job);
     return job;
   }

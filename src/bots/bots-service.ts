@@ -4,31 +4,25 @@ import {
   type BotsServer,
   type Lease,
 } from '../gen/google/devtools/remoteworkers/v1test2/bots.js';
-import { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { pack } from '../common/any.js';
 import type { Instances } from '../common/instances.js';
 import { invalidArgument } from '../common/status.js';
 import { unary } from '../server/handlers.js';
-import { pack } from '../execution/operation.js';
 import { offerOf } from '../execution/platform.js';
-import {
-  LeaseState,
-  type LeaseReport,
-  type SchedulerApi,
-  type SessionView,
-} from '../execution/scheduler-api.js';
+import { LeaseState } from '../execution/scheduler/job.js';
+import type { LeaseReport, Scheduler, SessionView } from '../execution/scheduler/scheduler.js';
 
 export interface BotsOptions {
   /** Longest time an UpdateBotSession is held waiting for work (long polling). */
   pollMs: number;
 }
 
-const ACTION_RESULT = 'build.bazel.remote.execution.v2.ActionResult';
-
 /**
  * The Remote Workers API as BuildGrid serves it to buildbox-worker: one lease per bot
- * session, leases carry Any(Action), results come back as Any(ActionResult).
+ * session. A lease carries its job's payload as Any (an Action for remote execution); the
+ * result comes back as Any (an ActionResult) and is handed to the scheduler as it came.
  */
-export function botsService(scheduler: SchedulerApi, instances: Instances, options: BotsOptions): BotsServer {
+export function botsService(scheduler: Scheduler, instances: Instances, options: BotsOptions): BotsServer {
   const toProto = (view: SessionView, reported: BotSession): BotSession => ({
     ...reported,
     name: view.name,
@@ -36,7 +30,7 @@ export function botsService(scheduler: SchedulerApi, instances: Instances, optio
     expireTime: { seconds: Math.floor(view.expireAt / 1000), nanos: (view.expireAt % 1000) * 1e6 },
     leases: view.leases.map((l): Lease => ({
       id: l.id,
-      payload: pack('build.bazel.remote.execution.v2.Action', l.job.action),
+      payload: pack(l.job.kind, l.job.payload),
       result: undefined,
       state: l.state as number,
       status: undefined,
@@ -62,7 +56,7 @@ export function botsService(scheduler: SchedulerApi, instances: Instances, optio
       const reports: LeaseReport[] = session.leases.map((l) => ({
         id: l.id,
         state: l.state as number as LeaseState,
-        result: l.result?.typeUrl.endsWith(ACTION_RESULT) ? ActionResult.decode(l.result.value) : undefined,
+        result: l.result,
         status: l.status
           ? { code: l.status.code, message: l.status.message, details: l.status.details }
           : undefined,

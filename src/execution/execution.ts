@@ -1,14 +1,14 @@
-import type { ActionCache } from '../actioncache/action-cache.js';
 import type { StoreContext } from '../cas/blob-store.js';
+import { pack } from '../common/any.js';
 import type { Cas } from '../cas/cas.js';
 import { SHA256, validateDigest, type Digest, type DigestFunction } from '../common/digest.js';
 import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
 import { Action, Command } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { PreconditionFailure } from '../gen/google/rpc/error_details.js';
-import { Stage, type Job } from './job.js';
-import { pack } from './operation.js';
+import { ACTION_KIND, actionMergeKey, type ActionResults } from './action-results.js';
 import { normalisePlatform } from './platform.js';
-import type { SchedulerApi } from './scheduler-api.js';
+import { Stage, type Job, type JobRequest } from './scheduler/job.js';
+import type { Scheduler } from './scheduler/scheduler.js';
 
 export interface ExecuteInput {
   instance: string;
@@ -53,9 +53,9 @@ function missingBlob(what: string, d: Digest): RemexError {
  */
 export class Execution {
   constructor(
-    readonly scheduler: SchedulerApi,
+    readonly scheduler: Scheduler,
     private readonly cas: Cas,
-    private readonly actionCache: ActionCache,
+    private readonly actionResults: ActionResults,
     readonly options: ExecutionOptions,
   ) {}
 
@@ -89,30 +89,21 @@ export class Execution {
     }
     if (command.arguments.length === 0) throw invalidArgument('the command has no arguments');
     const platformSource = action.platform?.properties.length ? action.platform : command.platform;
-    const request = {
+    const request: JobRequest = {
       instance,
+      kind: ACTION_KIND,
+      payload: actionBytes,
       fn,
-      actionDigest: digest,
-      action: actionBytes,
+      digest,
+      mergeKey: action.doNotCache ? undefined : actionMergeKey(fn, digest),
       platform: normalisePlatform(platformSource?.properties ?? []),
       priority: input.priority,
       invocation: input.invocation,
-      doNotCache: action.doNotCache,
       timeoutMs: action.timeout ? action.timeout.seconds * 1000 + Math.floor(action.timeout.nanos / 1e6) : 0,
     };
     if (!input.skipCacheLookup && !action.doNotCache) {
-      try {
-        const result = await this.actionCache.get(
-          instance,
-          fn,
-          digest,
-          { stdout: false, stderr: false, outputFiles: [] },
-          ctx,
-        );
-        return await this.scheduler.recordCached(request, result);
-      } catch (err) {
-        if (!(err instanceof RemexError && err.code === Code.NOT_FOUND)) throw err;
-      }
+      const hit = await this.actionResults.lookup(instance, fn, digest, ctx);
+      if (hit) return await this.scheduler.recordCached(request, hit);
     }
     return await this.scheduler.submit(request);
   }

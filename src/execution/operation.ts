@@ -1,22 +1,17 @@
-import { Any } from '../gen/google/protobuf/any.js';
+import { pack } from '../common/any.js';
 import type { Operation } from '../gen/google/longrunning/operations.js';
 import {
   ExecuteOperationMetadata,
   ExecuteResponse,
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { Stage, type Job } from './job.js';
-
-const TYPE_PREFIX = 'type.googleapis.com/';
-
-export function pack(typeName: string, value: Uint8Array): Any {
-  return { typeUrl: TYPE_PREFIX + typeName, value: Buffer.from(value) };
-}
+import { actionResultOf } from './action-results.js';
+import { Stage, type Job } from './scheduler/job.js';
 
 /** The google.longrunning.Operation that describes a job, as Execute and Operations send it. */
 export function toOperation(job: Job): Operation {
   const metadata = ExecuteOperationMetadata.fromPartial({
     stage: job.stage as number,
-    actionDigest: job.actionDigest,
+    actionDigest: job.digest,
     digestFunction: job.fn.value as number,
   });
   const done = job.stage === Stage.COMPLETED;
@@ -33,7 +28,7 @@ export function toOperation(job: Job): Operation {
           'build.bazel.remote.execution.v2.ExecuteResponse',
           ExecuteResponse.encode(
             ExecuteResponse.fromPartial({
-              result: job.result,
+              result: actionResultOf(job.result),
               cachedResult: job.cachedResult,
               status: {
                 code: job.status?.code ?? 0,

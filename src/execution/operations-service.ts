@@ -2,7 +2,7 @@ import type { OperationsServer } from '../gen/google/longrunning/operations.js';
 import { invalidArgument, notFound } from '../common/status.js';
 import { unary } from '../server/handlers.js';
 import type { Execution } from './execution.js';
-import { Stage, type Job } from './job.js';
+import { Stage, type Job } from './scheduler/job.js';
 import { toOperation } from './operation.js';
 
 const DEFAULT_PAGE = 100;

@@ -18,10 +18,9 @@ import { casService } from '../cas/cas-service.js';
 import { UploadManager } from '../cas/upload-manager.js';
 import { Instances } from '../common/instances.js';
 import { resolvePath, type Config, type Role } from '../config/config.js';
-import type { Job } from '../execution/job.js';
-import { PgScheduler } from '../execution/pg-scheduler.js';
-import type { SchedulerApi } from '../execution/scheduler-api.js';
-import type { ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { Job } from '../execution/scheduler/job.js';
+import { PgSchedulerStore } from '../execution/scheduler/pg-scheduler-store.js';
+import { ACTION_KIND, ActionResults } from '../execution/action-results.js';
 import { createBlobStore, createKeyValueStore, SharedResources } from '../config/factory.js';
 import { FetchService, PushService } from '../gen/build/bazel/remote/asset/v1/remote_asset.js';
 import {
@@ -38,9 +37,9 @@ import { randomUUID } from 'node:crypto';
 import { Execution } from '../execution/execution.js';
 import { executionService } from '../execution/execution-service.js';
 import { operationsService } from '../execution/operations-service.js';
-import { Scheduler } from '../execution/scheduler.js';
+import { Scheduler } from '../execution/scheduler/scheduler.js';
 import { propertyTypes } from '../execution/platform.js';
-import { MemorySchedulerStore } from '../execution/scheduler-store.js';
+import { MemorySchedulerStore } from '../execution/scheduler/memory-scheduler-store.js';
 import { botsService } from '../bots/bots-service.js';
 import { ExecutionService } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { OperationsService } from '../gen/google/longrunning/operations.js';
@@ -97,7 +96,15 @@ export async function startServer(config: Config): Promise<RunningServer> {
     ? await createKeyValueStore(config.assets, config, 'assets')
     : undefined;
   const assets = assetStore ? new AssetIndex(assetStore, cas) : undefined;
-  const scheduler = serveExecution && actionCache ? await createScheduler(config, actionCache) : undefined;
+  const actionResults = actionCache
+    ? new ActionResults(actionCache, {
+        writeTimeoutMs: ACTION_CACHE_WRITE_TIMEOUT_MS,
+        onWriteError: (job: Job, err: unknown) =>
+          log.error({ err, operation: job.name }, 'could not store the action result'),
+      })
+    : undefined;
+  const scheduler =
+    serveExecution && actionResults ? await createScheduler(config, actionResults) : undefined;
   let sweeping = false;
   // The sweep reaches the scheduler's database every second: it doubles as the health
   // probe of the execution services (NOT_SERVING while the database is unreachable).
@@ -127,8 +134,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   }, 1000);
   sweeper.unref();
   const execution =
-    scheduler && actionCache
-      ? new Execution(scheduler, cas, actionCache, {
+    scheduler && actionResults
+      ? new Execution(scheduler, cas, actionResults, {
           minPriority: exec.minPriority,
           maxPriority: exec.maxPriority,
           keepaliveMs: exec.keepalive,
@@ -288,10 +295,15 @@ export async function startServer(config: Config): Promise<RunningServer> {
   };
 }
 
-/** The in-memory scheduler (one process) or the PostgreSQL one (shared by replicas). */
-async function createScheduler(config: Config, actionCache: ActionCache): Promise<SchedulerApi> {
+/** The scheduler over its store: in memory (one process) or PostgreSQL (shared by replicas). */
+async function createScheduler(config: Config, actionResults: ActionResults): Promise<Scheduler> {
   const exec = config.execution;
-  const options = {
+  const store =
+    exec.scheduler.type === 'postgres'
+      ? await PgSchedulerStore.open({ url: exec.scheduler.url, poolSize: exec.scheduler.poolSize })
+      : new MemorySchedulerStore();
+  return new Scheduler({
+    store,
     now: Date.now,
     newId: randomUUID,
     botSessionTimeoutMs: exec.botSessionTimeout,
@@ -299,22 +311,11 @@ async function createScheduler(config: Config, actionCache: ActionCache): Promis
     unschedulableTimeoutMs: exec.unschedulableTimeout,
     completedRetentionMs: exec.completedRetention,
     propertyTypes: propertyTypes(exec.propertyTypes),
-    // Bounded: the PostgreSQL scheduler holds the operation's row lock meanwhile.
-    onSuccess: (job: Job, result: ActionResult) =>
-      actionCache.record(job.instance, job.fn, job.actionDigest, result, {
-        signal: AbortSignal.timeout(ACTION_CACHE_WRITE_TIMEOUT_MS),
-      }),
+    settle: { [ACTION_KIND]: actionResults.settle },
     onRequeue: (job: Job, why: string) =>
       log.warn({ operation: job.name, attempt: job.attempts, why }, 'action lost its worker; queued again'),
-    onError: (job: Job, err: unknown) =>
-      log.error({ err, operation: job.name }, 'could not store the action result'),
-  };
-  switch (exec.scheduler.type) {
-    case 'memory':
-      return new Scheduler({ ...options, store: new MemorySchedulerStore() });
-    case 'postgres':
-      return PgScheduler.open({ ...options, url: exec.scheduler.url, poolSize: exec.scheduler.poolSize });
-  }
+    onError: (job: Job, err: unknown) => log.error({ err, operation: job.name }, 'completing the job failed'),
+  });
 }
 
 /**

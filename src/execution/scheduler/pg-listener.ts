@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { pgConfig } from '../pg/connection.js';
+import { pgConfig } from '../../pg/connection.js';
 
 /** How often the LISTEN connection proves it is alive (a half-open socket sends no error). */
 const HEARTBEAT_MS = 10_000;

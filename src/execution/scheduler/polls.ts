@@ -1,7 +1,7 @@
 /**
- * The long polls (UpdateBotSession calls) held on this replica. A poll holds no state of
- * its own: PostgreSQL is the source of truth, and a poke only makes the poll look again.
- * Pokes come from notifications (new work on the queue, a change to the session), from
+ * The long polls (UpdateBotSession calls) held in this process. A poll holds no state of
+ * its own: the store is the source of truth, and a poke only makes the poll look again.
+ * Pokes come from store events (new work on the queue, a change to the session), from
  * its timer, its AbortSignal and close().
  */
 export class Poll {

@@ -1,7 +1,7 @@
-import type { Migration } from '../pg/migrate.js';
+import type { Migration } from '../../pg/migrate.js';
 
 /**
- * The schema of PgScheduler, applied at start by migrate(pool, 'scheduler', ...). Kept as
+ * The schema of PgSchedulerStore, applied at start by migrate(pool, 'scheduler', ...). Kept as
  * TypeScript constants because the build is plain tsc, which would not copy .sql files.
  * Append new migrations; never edit one that has been released.
  *
@@ -77,6 +77,43 @@ export const MIGRATIONS: readonly Migration[] = [
         invocation text PRIMARY KEY,
         last_served bigint NOT NULL
       );
+    `,
+  },
+  {
+    version: 2,
+    name: 'jobs of any kind, compare-and-set versions, one occupant per bot session',
+    sql: `
+      -- A job carries a payload of any kind (an Action is one); its digest is the payload's.
+      ALTER TABLE scheduler_operations RENAME COLUMN action TO payload;
+      ALTER TABLE scheduler_operations RENAME COLUMN action_hash TO digest_hash;
+      ALTER TABLE scheduler_operations RENAME COLUMN action_size TO digest_size;
+      ALTER TABLE scheduler_operations ADD COLUMN kind text;
+      UPDATE scheduler_operations SET kind = 'build.bazel.remote.execution.v2.Action';
+      ALTER TABLE scheduler_operations ALTER COLUMN kind SET NOT NULL;
+
+      -- Identical jobs in flight merge by a key their submitter chooses (NULL: never).
+      ALTER TABLE scheduler_operations ADD COLUMN merge_key text;
+      UPDATE scheduler_operations SET merge_key = digest_function || '/' || digest_hash || '/' || digest_size
+        WHERE NOT do_not_cache;
+      DROP INDEX scheduler_operations_in_flight;
+      CREATE UNIQUE INDEX scheduler_operations_in_flight
+        ON scheduler_operations (instance, merge_key)
+        WHERE stage < 4 AND merge_key IS NOT NULL;
+      ALTER TABLE scheduler_operations DROP COLUMN do_not_cache;
+
+      -- The result as the worker sent it: google.protobuf.Any's type and value.
+      ALTER TABLE scheduler_operations ADD COLUMN result_type text;
+      UPDATE scheduler_operations SET result_type = 'type.googleapis.com/build.bazel.remote.execution.v2.ActionResult'
+        WHERE result IS NOT NULL;
+
+      -- Every write is a compare-and-set on the version.
+      ALTER TABLE scheduler_operations ADD COLUMN version integer NOT NULL DEFAULT 0;
+
+      -- A bot session is occupied by at most one job: its live lease, or a cancellation
+      -- its bot has not been told about.
+      CREATE UNIQUE INDEX scheduler_operations_session_occupant
+        ON scheduler_operations (bot_session)
+        WHERE (lease_id IS NOT NULL AND stage < 4) OR cancel_notice_lease IS NOT NULL;
     `,
   },
 ];

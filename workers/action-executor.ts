@@ -11,14 +11,14 @@ import {
 import type { Any } from '../src/gen/google/protobuf/any.js';
 import type { Status } from '../src/gen/google/rpc/status.js';
 import type { BlobCache } from './blob-cache.js';
-import type { CasClient } from './cas-client.js';
+import type { CasClient } from '../src/remote/cas-client.js';
 import { requestedOutputs } from './command-outputs.js';
 import { OK_STATUS, toStatus } from './errors.js';
-import { digestFile } from './file-digest.js';
+import { digestFile } from '../src/remote/file-digest.js';
 import { createOutputParents, stageInputRoot } from './input-stager.js';
 import { actionOfPayload } from './lease-payload.js';
 import { collectOutputs, type CollectedOutputs } from './output-collector.js';
-import { removeTree } from './remove-tree.js';
+import { removeTree } from '../src/remote/remove-tree.js';
 import type { Runner } from './runner.js';
 import { durationToMs, msToDuration, toTimestamp } from './timestamps.js';
 

@@ -12,9 +12,9 @@ import {
 import type { Worker } from '../src/gen/google/devtools/remoteworkers/v1test2/worker.js';
 import type { LeaseOutcome } from './action-executor.js';
 import { Backoff } from './backoff.js';
-import { sleep } from './concurrency.js';
+import { sleep } from '../src/remote/concurrency.js';
 import { toStatus } from './errors.js';
-import { codeOf, unaryCall } from './grpc-call.js';
+import { codeOf, unaryCall } from '../src/remote/grpc-call.js';
 import { ACTION_RESULT_TYPE_URL } from './lease-payload.js';
 
 export interface SlotOptions {

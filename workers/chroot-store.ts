@@ -5,9 +5,9 @@ import { digestString, type Digest, type DigestFunction } from '../src/common/di
 import { toRemexError } from '../src/common/error-mapping.js';
 import { RemexError } from '../src/common/status.js';
 import type { BlobCache } from './blob-cache.js';
-import { MissingBlobsError } from './errors.js';
+import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
 import { stageInputRoot } from './input-stager.js';
-import { removeTree } from './remove-tree.js';
+import { removeTree } from '../src/remote/remove-tree.js';
 import { makeOwnedDir } from './stale-dirs.js';
 
 /**

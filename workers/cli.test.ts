@@ -14,7 +14,7 @@ import {
 import { executionClientsFor } from '../test/helpers/clients.js';
 import { collect } from '../test/helpers/execution.js';
 import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
-import { CasClient } from './cas-client.js';
+import { CasClient } from '../src/remote/cas-client.js';
 import { runWorkerCommand, WORKER_USAGE } from './cli.js';
 import { digestOf } from '../src/common/digest.js';
 

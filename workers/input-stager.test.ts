@@ -12,10 +12,10 @@ import {
 import type { DeepPartial } from '../test/helpers/clients.js';
 import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
 import { BlobCache } from './blob-cache.js';
-import { CasClient } from './cas-client.js';
+import { CasClient } from '../src/remote/cas-client.js';
 import { requestedOutputs } from './command-outputs.js';
-import { uploadDirectory } from './directory-upload.js';
-import { MissingBlobsError } from './errors.js';
+import { uploadDirectory } from '../src/remote/directory-upload.js';
+import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
 import { createOutputParents, stageInputRoot } from './input-stager.js';
 import { treeSnapshot } from './tree-snapshot.js';
 

@@ -6,9 +6,9 @@ import { RemexError, invalidArgument } from '../src/common/status.js';
 import { Directory } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { BlobCache } from './blob-cache.js';
 import type { RequestedOutputs } from './command-outputs.js';
-import { forEachLimit } from './concurrency.js';
-import { MissingBlobsError } from './errors.js';
-import { checkNodeName, isWithin } from './paths.js';
+import { forEachLimit } from '../src/remote/concurrency.js';
+import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
+import { checkNodeName, isWithin } from '../src/remote/paths.js';
 
 export interface StagedInputs {
   directories: number;

@@ -5,7 +5,7 @@ import {
   Digest as DigestMessage,
 } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Any } from '../src/gen/google/protobuf/any.js';
-import type { CasClient } from './cas-client.js';
+import type { CasClient } from '../src/remote/cas-client.js';
 
 const TYPE_PREFIX = 'type.googleapis.com/';
 export const DIGEST_TYPE_URL = `${TYPE_PREFIX}build.bazel.remote.execution.v2.Digest`;

@@ -11,7 +11,7 @@ import {
 } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
 import { BlobCache } from './blob-cache.js';
-import { CasClient } from './cas-client.js';
+import { CasClient } from '../src/remote/cas-client.js';
 import { requestedOutputs } from './command-outputs.js';
 import { createOutputParents, stageInputRoot } from './input-stager.js';
 import { collectOutputs } from './output-collector.js';

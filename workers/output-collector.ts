@@ -9,12 +9,12 @@ import {
   type OutputFile,
   type OutputSymlink,
 } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { UploadItem } from './cas-client.js';
+import type { UploadItem } from '../src/remote/cas-client.js';
 import type { RequestedOutput, RequestedOutputs } from './command-outputs.js';
-import { forEachLimit } from './concurrency.js';
-import { digestFile } from './file-digest.js';
-import { isWithin } from './paths.js';
-import { buildTree, encodeTree } from './tree-builder.js';
+import { forEachLimit } from '../src/remote/concurrency.js';
+import { digestFile } from '../src/remote/file-digest.js';
+import { isWithin } from '../src/remote/paths.js';
+import { buildTree, encodeTree } from '../src/remote/tree-builder.js';
 
 /** The output part of an ActionResult, plus the blobs it refers to (still to be uploaded). */
 export interface CollectedOutputs {

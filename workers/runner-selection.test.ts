@@ -16,7 +16,7 @@ import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js'
 import { ActionExecutor } from './action-executor.js';
 import { BlobCache } from './blob-cache.js';
 import { BubblewrapRunner } from './bubblewrap-runner.js';
-import { CasClient } from './cas-client.js';
+import { CasClient } from '../src/remote/cas-client.js';
 import { runWorkerCommand } from './cli.js';
 import { HostToolsRunner } from './hosttools-runner.js';
 import { ACTION_TYPE_URL } from './lease-payload.js';

@@ -16,8 +16,8 @@ import { PreconditionFailure } from '../src/gen/google/rpc/error_details.js';
 import { executionClientsFor, unaryCall, type DeepPartial } from '../test/helpers/clients.js';
 import { collect, type OperationUpdate } from '../test/helpers/execution.js';
 import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
-import { CasClient } from './cas-client.js';
-import { uploadDirectory } from './directory-upload.js';
+import { CasClient } from '../src/remote/cas-client.js';
+import { uploadDirectory } from '../src/remote/directory-upload.js';
 import { startWorker, type RunningWorker } from './worker.js';
 
 // The worker end to end: the real `remex serve` (no embedded workers), startWorker in

@@ -8,9 +8,9 @@ import { BotsClient } from '../src/gen/google/devtools/remoteworkers/v1test2/bot
 import { ActionExecutor } from './action-executor.js';
 import { BlobCache } from './blob-cache.js';
 import { BotSlot } from './bot-slot.js';
-import { CasClient } from './cas-client.js';
-import { CHANNEL_OPTIONS } from './grpc-call.js';
-import { removeTree } from './remove-tree.js';
+import { CasClient } from '../src/remote/cas-client.js';
+import { CHANNEL_OPTIONS } from '../src/remote/grpc-call.js';
+import { removeTree } from '../src/remote/remove-tree.js';
 import { makeOwnedDir } from './stale-dirs.js';
 import type { Runner } from './runner.js';
 import { detectRunners, RunnerSelector } from './runner-selection.js';

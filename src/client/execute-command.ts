@@ -16,8 +16,8 @@ import {
   type Digest,
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Operation } from '../gen/google/longrunning/operations.js';
-import { CasClient } from '../../workers/cas-client.js';
-import { uploadDirectory } from '../../workers/directory-upload.js';
+import { CasClient } from '../remote/cas-client.js';
+import { uploadDirectory } from '../remote/directory-upload.js';
 import { downloadOutputs } from './output-download.js';
 
 export const EXECUTE_USAGE = `usage: remex execute [options] -- COMMAND [ARG...]

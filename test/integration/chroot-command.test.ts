@@ -14,7 +14,7 @@ import {
   type Digest,
 } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { BlobCache } from '../../workers/blob-cache.js';
-import { CasClient } from '../../workers/cas-client.js';
+import { CasClient } from '../../src/remote/cas-client.js';
 import { ChrootStore } from '../../workers/chroot-store.js';
 import { CHROOT_ROOT_PROPERTY, UserchrootRunner } from '../../workers/userchroot-runner.js';
 import { digestOf, sha256 } from '../helpers/blobs.js';

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import type { Digest, DigestFunction } from '../src/common/digest.js';
+import type { Digest, DigestFunction } from '../common/digest.js';
 
 /** Digest of a file's contents, read as a stream (never held whole in memory). */
 export async function digestFile(fn: DigestFunction, path: string, signal?: AbortSignal): Promise<Digest> {

@@ -5,7 +5,7 @@ import {
   type ClientWritableStream,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { Code, RemexError } from '../src/common/status.js';
+import { Code, RemexError } from '../common/status.js';
 
 /** The parts of a ts-proto generated method definition a call needs. */
 export interface MethodDefinition<Req, Res> {

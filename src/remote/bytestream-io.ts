@@ -3,10 +3,10 @@ import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { digestString, type Digest, type DigestFunction } from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import { Code, RemexError } from '../src/common/status.js';
-import { ByteStreamService, type ReadResponse } from '../src/gen/google/bytestream/bytestream.js';
+import { digestString, type Digest, type DigestFunction } from '../common/digest.js';
+import { toRemexError } from '../common/error-mapping.js';
+import { Code, RemexError } from '../common/status.js';
+import { ByteStreamService, type ReadResponse } from '../gen/google/bytestream/bytestream.js';
 import { clientStreamCall, fromServiceError, isServiceError, serverStreamCall } from './grpc-call.js';
 
 /**

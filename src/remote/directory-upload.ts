@@ -1,4 +1,4 @@
-import type { Digest } from '../src/common/digest.js';
+import type { Digest } from '../common/digest.js';
 import type { CasClient } from './cas-client.js';
 import { buildTree } from './tree-builder.js';
 

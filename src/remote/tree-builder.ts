@@ -1,13 +1,13 @@
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { digestOf, digestString, type Digest, type DigestFunction } from '../src/common/digest.js';
+import { digestOf, digestString, type Digest, type DigestFunction } from '../common/digest.js';
 import {
   Directory,
   Tree,
   type DirectoryNode,
   type FileNode,
   type SymlinkNode,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+} from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { UploadItem } from './cas-client.js';
 import { Limiter } from './concurrency.js';
 import { digestFile } from './file-digest.js';

@@ -1,4 +1,4 @@
-import { invalidArgument } from '../src/common/status.js';
+import { invalidArgument } from '../common/status.js';
 
 /**
  * Validation of the names and paths an action gives the worker. Anything that could

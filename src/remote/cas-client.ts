@@ -9,16 +9,16 @@ import {
   SHA256,
   type Digest,
   type DigestFunction,
-} from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import { Code, RemexError } from '../src/common/status.js';
+} from '../common/digest.js';
+import { toRemexError } from '../common/error-mapping.js';
+import { Code, RemexError } from '../common/status.js';
 import {
   CapabilitiesClient,
   ContentAddressableStorageClient,
   ContentAddressableStorageService,
   CapabilitiesService,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { ByteStreamClient } from '../src/gen/google/bytestream/bytestream.js';
+} from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { ByteStreamClient } from '../gen/google/bytestream/bytestream.js';
 import {
   byteStreamRead,
   byteStreamWrite,
@@ -29,7 +29,7 @@ import {
   type BlobSource,
 } from './bytestream-io.js';
 import { Limiter, forEachLimit } from './concurrency.js';
-import { MissingBlobsError } from './errors.js';
+import { MissingBlobsError } from './missing-blobs-error.js';
 import { CHANNEL_OPTIONS, codeOf, unaryCall } from './grpc-call.js';
 
 /** A blob to upload: its digest plus its bytes or the file holding them. */

@@ -3,8 +3,8 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../src/common/status.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
+import { Code } from '../common/status.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
 import { CasClient, packBatches } from './cas-client.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');

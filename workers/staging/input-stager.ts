@@ -1,14 +1,14 @@
 import { lstat, mkdir, realpath, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { digestString, validateDigest, type Digest } from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import { RemexError, invalidArgument } from '../src/common/status.js';
-import { Directory } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { digestString, validateDigest, type Digest } from '../../src/common/digest.js';
+import { toRemexError } from '../../src/common/error-mapping.js';
+import { RemexError, invalidArgument } from '../../src/common/status.js';
+import { Directory } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { BlobCache } from './blob-cache.js';
 import type { RequestedOutputs } from './command-outputs.js';
-import { forEachLimit } from '../src/remote/concurrency.js';
-import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
-import { checkNodeName, isWithin } from '../src/remote/paths.js';
+import { forEachLimit } from '../../src/remote/concurrency.js';
+import { MissingBlobsError } from '../../src/remote/missing-blobs-error.js';
+import { checkNodeName, isWithin } from '../../src/remote/paths.js';
 
 export interface StagedInputs {
   directories: number;

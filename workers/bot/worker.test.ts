@@ -4,20 +4,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../src/common/status.js';
+import { Code } from '../../src/common/status.js';
 import {
   Action,
   Command,
   ExecuteRequest,
   type Digest,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { OperationsService } from '../src/gen/google/longrunning/operations.js';
-import { PreconditionFailure } from '../src/gen/google/rpc/error_details.js';
-import { executionClientsFor, unaryCall, type DeepPartial } from '../test/helpers/clients.js';
-import { collect, type OperationUpdate } from '../test/helpers/execution.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
-import { CasClient } from '../src/remote/cas-client.js';
-import { uploadDirectory } from '../src/remote/directory-upload.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { OperationsService } from '../../src/gen/google/longrunning/operations.js';
+import { PreconditionFailure } from '../../src/gen/google/rpc/error_details.js';
+import { executionClientsFor, unaryCall, type DeepPartial } from '../../test/helpers/clients.js';
+import { collect, type OperationUpdate } from '../../test/helpers/execution.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
+import { CasClient } from '../../src/remote/cas-client.js';
+import { uploadDirectory } from '../../src/remote/directory-upload.js';
 import { startWorker, type RunningWorker } from './worker.js';
 
 // The worker end to end: the real `remex serve` (no embedded workers), startWorker in
@@ -58,7 +58,7 @@ afterAll(async () => {
 });
 
 async function put(data: Buffer): Promise<Digest> {
-  const { digestOf } = await import('../src/common/digest.js');
+  const { digestOf } = await import('../../src/common/digest.js');
   const d = await digestOf(cas.digestFunction, data);
   await cas.upload([{ digest: d, data }]);
   return d;
@@ -170,7 +170,7 @@ describe('remex worker against remex serve', () => {
   });
 
   it('fails with FAILED_PRECONDITION naming a missing input blob', async () => {
-    const { Directory } = await import('../src/gen/build/bazel/remote/execution/v2/remote_execution.js');
+    const { Directory } = await import('../../src/gen/build/bazel/remote/execution/v2/remote_execution.js');
     const ghost = { hash: 'ab'.repeat(32), sizeBytes: 5 };
     const root = await put(
       Buffer.from(

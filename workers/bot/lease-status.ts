@@ -1,8 +1,8 @@
-import { toRemexError } from '../src/common/error-mapping.js';
-import { Code } from '../src/common/status.js';
-import { PreconditionFailure } from '../src/gen/google/rpc/error_details.js';
-import type { Status } from '../src/gen/google/rpc/status.js';
-import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
+import { toRemexError } from '../../src/common/error-mapping.js';
+import { Code } from '../../src/common/status.js';
+import { PreconditionFailure } from '../../src/gen/google/rpc/error_details.js';
+import type { Status } from '../../src/gen/google/rpc/status.js';
+import { MissingBlobsError } from '../../src/remote/missing-blobs-error.js';
 
 const PRECONDITION_FAILURE_URL = 'type.googleapis.com/google.rpc.PreconditionFailure';
 

@@ -1,4 +1,4 @@
-import { sleep } from '../src/remote/concurrency.js';
+import { sleep } from '../../src/remote/concurrency.js';
 
 /**
  * Exponential reconnect backoff: 0.2 s doubling up to 5 s by default, reset after a

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
-import { Code } from '../src/common/status.js';
-import { ActionResult } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { Code } from '../../src/common/status.js';
+import { ActionResult } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import {
   BotStatus,
   BotsService,
@@ -8,13 +8,13 @@ import {
   type BotSession,
   type BotsClient,
   type Lease,
-} from '../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
-import type { Worker } from '../src/gen/google/devtools/remoteworkers/v1test2/worker.js';
+} from '../../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
+import type { Worker } from '../../src/gen/google/devtools/remoteworkers/v1test2/worker.js';
 import type { LeaseOutcome } from './action-executor.js';
 import { Backoff } from './backoff.js';
-import { sleep } from '../src/remote/concurrency.js';
-import { toStatus } from './errors.js';
-import { codeOf, unaryCall } from '../src/remote/grpc-call.js';
+import { sleep } from '../../src/remote/concurrency.js';
+import { toStatus } from './lease-status.js';
+import { codeOf, unaryCall } from '../../src/remote/grpc-call.js';
 import { ACTION_RESULT_TYPE_URL } from './lease-payload.js';
 
 export interface SlotOptions {

@@ -10,7 +10,7 @@ import { createServer as createTlsServer } from 'node:tls';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Code, RemexError } from '../src/common/status.js';
+import { Code, RemexError } from '../../src/common/status.js';
 import {
   ACTION_LABEL,
   DockerRunner,
@@ -18,7 +18,7 @@ import {
   parseMemory,
   type DockerRunnerOptions,
 } from './docker-runner.js';
-import { toStatus } from './errors.js';
+import { toStatus } from '../bot/lease-status.js';
 import { runnerContract } from './runner.contract.js';
 import type { RunSpec } from './runner.js';
 
@@ -31,7 +31,7 @@ const PATH = '/bin:/usr/bin';
 let envReady: Promise<void> | undefined;
 /** Starts the engine and builds the test image once per file (scripts/docker-env.sh). */
 function dockerEnv(): Promise<void> {
-  envReady ??= run('bash', [join(import.meta.dirname, '..', 'scripts', 'docker-env.sh')], {
+  envReady ??= run('bash', [join(import.meta.dirname, '..', '..', 'scripts', 'docker-env.sh')], {
     timeout: 300_000,
   }).then(
     () => undefined,

@@ -1,11 +1,11 @@
-import { digestOf, validateDigest, type Digest } from '../src/common/digest.js';
-import { invalidArgument } from '../src/common/status.js';
+import { digestOf, validateDigest, type Digest } from '../../src/common/digest.js';
+import { invalidArgument } from '../../src/common/status.js';
 import {
   Action,
   Digest as DigestMessage,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { Any } from '../src/gen/google/protobuf/any.js';
-import type { CasClient } from '../src/remote/cas-client.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { Any } from '../../src/gen/google/protobuf/any.js';
+import type { CasClient } from '../../src/remote/cas-client.js';
 
 const TYPE_PREFIX = 'type.googleapis.com/';
 export const DIGEST_TYPE_URL = `${TYPE_PREFIX}build.bazel.remote.execution.v2.Digest`;

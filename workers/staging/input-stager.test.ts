@@ -3,21 +3,21 @@ import { chmod, mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/pro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code, RemexError } from '../src/common/status.js';
+import { Code, RemexError } from '../../src/common/status.js';
 import {
   Command,
   Directory,
   type FileNode,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { DeepPartial } from '../test/helpers/clients.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { DeepPartial } from '../../test/helpers/clients.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
 import { BlobCache } from './blob-cache.js';
-import { CasClient } from '../src/remote/cas-client.js';
+import { CasClient } from '../../src/remote/cas-client.js';
 import { requestedOutputs } from './command-outputs.js';
-import { uploadDirectory } from '../src/remote/directory-upload.js';
-import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
+import { uploadDirectory } from '../../src/remote/directory-upload.js';
+import { MissingBlobsError } from '../../src/remote/missing-blobs-error.js';
 import { createOutputParents, stageInputRoot } from './input-stager.js';
-import { treeSnapshot } from './tree-snapshot.js';
+import { treeSnapshot } from '../../test/helpers/tree-snapshot.js';
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const digest = (b: Buffer) => ({ hash: sha256(b), sizeBytes: b.length });

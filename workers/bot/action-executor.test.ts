@@ -4,21 +4,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../src/common/status.js';
+import { Code } from '../../src/common/status.js';
 import {
   Action,
   Command,
   Directory,
   Digest,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { PreconditionFailure } from '../src/gen/google/rpc/error_details.js';
-import type { DeepPartial } from '../test/helpers/clients.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { PreconditionFailure } from '../../src/gen/google/rpc/error_details.js';
+import type { DeepPartial } from '../../test/helpers/clients.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
 import { ActionExecutor } from './action-executor.js';
-import { BlobCache } from './blob-cache.js';
-import { CasClient } from '../src/remote/cas-client.js';
-import { uploadDirectory } from '../src/remote/directory-upload.js';
-import { HostToolsRunner } from './hosttools-runner.js';
+import { BlobCache } from '../staging/blob-cache.js';
+import { CasClient } from '../../src/remote/cas-client.js';
+import { uploadDirectory } from '../../src/remote/directory-upload.js';
+import { HostToolsRunner } from '../runners/hosttools-runner.js';
 import { ACTION_TYPE_URL, DIGEST_TYPE_URL } from './lease-payload.js';
 import { timestampMs } from './timestamps.js';
 

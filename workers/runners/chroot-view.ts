@@ -1,8 +1,8 @@
 import { access, constants, lstat, readdir, readlink, stat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { invalidArgument } from '../src/common/status.js';
+import { invalidArgument } from '../../src/common/status.js';
 import { DEFAULT_PATH } from './program-path.js';
-import { isWithin } from '../src/remote/paths.js';
+import { isWithin } from '../../src/remote/paths.js';
 
 /** Top-level directories the sandbox mounts afresh (--dev, --proc, --tmpfs), hiding the root's own. */
 const FRESH_MOUNTS = ['dev', 'proc', 'tmp'];

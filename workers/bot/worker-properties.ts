@@ -1,5 +1,5 @@
 import { arch, platform } from 'node:process';
-import { RUNNER_PROPERTY } from './runner-selection.js';
+import { RUNNER_PROPERTY } from '../runners/runner-selection.js';
 
 export interface WorkerProperty {
   key: string;

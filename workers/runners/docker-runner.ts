@@ -1,6 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import Docker from 'dockerode';
-import { Code, RemexError } from '../src/common/status.js';
+import { Code, RemexError } from '../../src/common/status.js';
 import type { RunResult, RunSpec, Runner } from './runner.js';
 
 /** How the worker reaches the Docker engine. Unset: DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else /var/run/docker.sock. */

@@ -9,8 +9,8 @@ import {
 } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../src/common/status.js';
-import { ActionResult } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { Code } from '../../src/common/status.js';
+import { ActionResult } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
 import {
   BotStatus,
   BotsClient,
@@ -20,7 +20,7 @@ import {
   type CreateBotSessionRequest,
   type Lease,
   type UpdateBotSessionRequest,
-} from '../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
+} from '../../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
 import type { LeaseOutcome } from './action-executor.js';
 import { Backoff } from './backoff.js';
 import { BotSlot } from './bot-slot.js';

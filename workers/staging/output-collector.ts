@@ -1,20 +1,20 @@
 import { lstat, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { digestOf, type DigestFunction } from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import { failedPrecondition } from '../src/common/status.js';
+import { digestOf, type DigestFunction } from '../../src/common/digest.js';
+import { toRemexError } from '../../src/common/error-mapping.js';
+import { failedPrecondition } from '../../src/common/status.js';
 import {
   Command_OutputDirectoryFormat,
   type OutputDirectory,
   type OutputFile,
   type OutputSymlink,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { UploadItem } from '../src/remote/cas-client.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { UploadItem } from '../../src/remote/cas-client.js';
 import type { RequestedOutput, RequestedOutputs } from './command-outputs.js';
-import { forEachLimit } from '../src/remote/concurrency.js';
-import { digestFile } from '../src/remote/file-digest.js';
-import { isWithin } from '../src/remote/paths.js';
-import { buildTree, encodeTree } from '../src/remote/tree-builder.js';
+import { forEachLimit } from '../../src/remote/concurrency.js';
+import { digestFile } from '../../src/remote/file-digest.js';
+import { isWithin } from '../../src/remote/paths.js';
+import { buildTree, encodeTree } from '../../src/remote/tree-builder.js';
 
 /** The output part of an ActionResult, plus the blobs it refers to (still to be uploaded). */
 export interface CollectedOutputs {

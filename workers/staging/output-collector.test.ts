@@ -3,19 +3,19 @@ import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../src/common/status.js';
+import { Code } from '../../src/common/status.js';
 import {
   Command,
   Command_OutputDirectoryFormat,
   Tree,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
 import { BlobCache } from './blob-cache.js';
-import { CasClient } from '../src/remote/cas-client.js';
+import { CasClient } from '../../src/remote/cas-client.js';
 import { requestedOutputs } from './command-outputs.js';
 import { createOutputParents, stageInputRoot } from './input-stager.js';
 import { collectOutputs } from './output-collector.js';
-import { treeSnapshot } from './tree-snapshot.js';
+import { treeSnapshot } from '../../test/helpers/tree-snapshot.js';
 
 const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 

@@ -7,11 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Code, RemexError } from '../src/common/status.js';
+import { Code, RemexError } from '../../src/common/status.js';
 import { BubblewrapRunner } from './bubblewrap-runner.js';
 import type { RunSpec } from './runner.js';
 
-const BUILT_RUNNER = fileURLToPath(new URL('../dist/workers/bubblewrap-runner.js', import.meta.url));
+const BUILT_RUNNER = fileURLToPath(
+  new URL('../../dist/workers/runners/bubblewrap-runner.js', import.meta.url),
+);
 const PATH = '/usr/local/bin:/usr/bin:/bin';
 
 let dir: string;

@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
 import { chmod, copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { digestString, type Digest } from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import type { CasClient } from '../src/remote/cas-client.js';
-import { forEachLimit } from '../src/remote/concurrency.js';
-import { removeTree } from '../src/remote/remove-tree.js';
+import { digestString, type Digest } from '../../src/common/digest.js';
+import { toRemexError } from '../../src/common/error-mapping.js';
+import type { CasClient } from '../../src/remote/cas-client.js';
+import { forEachLimit } from '../../src/remote/concurrency.js';
+import { removeTree } from '../../src/remote/remove-tree.js';
 import { makeOwnedDir } from './stale-dirs.js';
 
 /** One file the cache should hold: a blob, in its executable or plain form. */

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { digestString, type Digest, type DigestFunction } from '../src/common/digest.js';
-import { toRemexError } from '../src/common/error-mapping.js';
-import { RemexError } from '../src/common/status.js';
-import type { BlobCache } from './blob-cache.js';
-import { MissingBlobsError } from '../src/remote/missing-blobs-error.js';
-import { stageInputRoot } from './input-stager.js';
-import { removeTree } from '../src/remote/remove-tree.js';
-import { makeOwnedDir } from './stale-dirs.js';
+import { digestString, type Digest, type DigestFunction } from '../../src/common/digest.js';
+import { toRemexError } from '../../src/common/error-mapping.js';
+import { RemexError } from '../../src/common/status.js';
+import type { BlobCache } from '../staging/blob-cache.js';
+import { MissingBlobsError } from '../../src/remote/missing-blobs-error.js';
+import { stageInputRoot } from '../staging/input-stager.js';
+import { removeTree } from '../../src/remote/remove-tree.js';
+import { makeOwnedDir } from '../staging/stale-dirs.js';
 
 /**
  * Root filesystems for the userchroot runner, materialised from the CAS once and reused:

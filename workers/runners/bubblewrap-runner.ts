@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { access, constants as fsConstants, open, stat } from 'node:fs/promises';
 import { constants } from 'node:os';
 import type { Writable } from 'node:stream';
-import { failedPrecondition, invalidArgument } from '../src/common/status.js';
+import { failedPrecondition, invalidArgument } from '../../src/common/status.js';
 import { resolveProgram } from './program-path.js';
 import type { RunResult, RunSpec, Runner } from './runner.js';
 

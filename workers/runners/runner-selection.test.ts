@@ -3,27 +3,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code, RemexError } from '../src/common/status.js';
-import { ConfigError } from '../src/config/config.js';
+import { Code, RemexError } from '../../src/common/status.js';
+import { ConfigError } from '../../src/config/config.js';
 import {
   ExecuteRequest,
   type Command,
   type Digest,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { clientsFor, executionClientsFor, type DeepPartial } from '../test/helpers/clients.js';
-import { collect, uploadAction } from '../test/helpers/execution.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
-import { ActionExecutor } from './action-executor.js';
-import { BlobCache } from './blob-cache.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { clientsFor, executionClientsFor, type DeepPartial } from '../../test/helpers/clients.js';
+import { collect, uploadAction } from '../../test/helpers/execution.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
+import { ActionExecutor } from '../bot/action-executor.js';
+import { BlobCache } from '../staging/blob-cache.js';
 import { BubblewrapRunner } from './bubblewrap-runner.js';
-import { CasClient } from '../src/remote/cas-client.js';
-import { runWorkerCommand } from './cli.js';
+import { CasClient } from '../../src/remote/cas-client.js';
+import { runWorkerCommand } from '../bot/cli.js';
 import { HostToolsRunner } from './hosttools-runner.js';
-import { ACTION_TYPE_URL } from './lease-payload.js';
+import { ACTION_TYPE_URL } from '../bot/lease-payload.js';
 import type { RunResult, RunSpec, Runner } from './runner.js';
 import { detectRunners, RunnerSelector, RUNNER_DETECTORS, type RunnerDetector } from './runner-selection.js';
-import { startWorker, type RunningWorker } from './worker.js';
-import { workerProperties } from './worker-properties.js';
+import { startWorker, type RunningWorker } from '../bot/worker.js';
+import { workerProperties } from '../bot/worker-properties.js';
 
 /** A runner that only says who it is. */
 class Named implements Runner {

@@ -1,25 +1,25 @@
 import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { digestString, validateDigest } from '../src/common/digest.js';
-import { Code, invalidArgument } from '../src/common/status.js';
+import { digestString, validateDigest } from '../../src/common/digest.js';
+import { Code, invalidArgument } from '../../src/common/status.js';
 import {
   Command,
   type ActionResult,
   type ExecutedActionMetadata,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { Any } from '../src/gen/google/protobuf/any.js';
-import type { Status } from '../src/gen/google/rpc/status.js';
-import type { BlobCache } from './blob-cache.js';
-import type { CasClient } from '../src/remote/cas-client.js';
-import { requestedOutputs } from './command-outputs.js';
-import { OK_STATUS, toStatus } from './errors.js';
-import { digestFile } from '../src/remote/file-digest.js';
-import { createOutputParents, stageInputRoot } from './input-stager.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import type { Any } from '../../src/gen/google/protobuf/any.js';
+import type { Status } from '../../src/gen/google/rpc/status.js';
+import type { BlobCache } from '../staging/blob-cache.js';
+import type { CasClient } from '../../src/remote/cas-client.js';
+import { requestedOutputs } from '../staging/command-outputs.js';
+import { OK_STATUS, toStatus } from './lease-status.js';
+import { digestFile } from '../../src/remote/file-digest.js';
+import { createOutputParents, stageInputRoot } from '../staging/input-stager.js';
 import { actionOfPayload } from './lease-payload.js';
-import { collectOutputs, type CollectedOutputs } from './output-collector.js';
-import { removeTree } from '../src/remote/remove-tree.js';
-import type { Runner } from './runner.js';
+import { collectOutputs, type CollectedOutputs } from '../staging/output-collector.js';
+import { removeTree } from '../../src/remote/remove-tree.js';
+import type { Runner } from '../runners/runner.js';
 import { durationToMs, msToDuration, toTimestamp } from './timestamps.js';
 
 /** What a lease comes to: the status to report and, when the command ran, its ActionResult. */

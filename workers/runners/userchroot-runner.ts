@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { open } from 'node:fs/promises';
-import { validateDigest, type Digest } from '../src/common/digest.js';
-import { invalidArgument } from '../src/common/status.js';
+import { validateDigest, type Digest } from '../../src/common/digest.js';
+import { invalidArgument } from '../../src/common/status.js';
 import type { ChrootStore } from './chroot-store.js';
 import { ChrootView } from './chroot-view.js';
 import { HostToolsRunner } from './hosttools-runner.js';

@@ -3,18 +3,18 @@ import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { log as processLog } from '../src/server/log.js';
-import { BotsClient } from '../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
+import { log as processLog } from '../../src/server/log.js';
+import { BotsClient } from '../../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
 import { ActionExecutor } from './action-executor.js';
-import { BlobCache } from './blob-cache.js';
+import { BlobCache } from '../staging/blob-cache.js';
 import { BotSlot } from './bot-slot.js';
-import { CasClient } from '../src/remote/cas-client.js';
-import { CHANNEL_OPTIONS } from '../src/remote/grpc-call.js';
-import { removeTree } from '../src/remote/remove-tree.js';
-import { makeOwnedDir } from './stale-dirs.js';
-import type { Runner } from './runner.js';
-import { detectRunners, RunnerSelector } from './runner-selection.js';
-import { ChrootStore } from './chroot-store.js';
+import { CasClient } from '../../src/remote/cas-client.js';
+import { CHANNEL_OPTIONS } from '../../src/remote/grpc-call.js';
+import { removeTree } from '../../src/remote/remove-tree.js';
+import { makeOwnedDir } from '../staging/stale-dirs.js';
+import type { Runner } from '../runners/runner.js';
+import { detectRunners, RunnerSelector } from '../runners/runner-selection.js';
+import { ChrootStore } from '../runners/chroot-store.js';
 import { workerProperties, type WorkerProperty } from './worker-properties.js';
 
 export interface WorkerOptions {

@@ -5,20 +5,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ConfigError } from '../src/config/config.js';
+import { ConfigError } from '../../src/config/config.js';
 import {
   Action,
   Command,
   ExecuteRequest,
-} from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { executionClientsFor } from '../test/helpers/clients.js';
-import { collect } from '../test/helpers/execution.js';
-import { startRemex, type RemexProcess } from '../test/helpers/remex-process.js';
-import { CasClient } from '../src/remote/cas-client.js';
+} from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { executionClientsFor } from '../../test/helpers/clients.js';
+import { collect } from '../../test/helpers/execution.js';
+import { startRemex, type RemexProcess } from '../../test/helpers/remex-process.js';
+import { CasClient } from '../../src/remote/cas-client.js';
 import { runWorkerCommand, WORKER_USAGE } from './cli.js';
-import { digestOf } from '../src/common/digest.js';
+import { digestOf } from '../../src/common/digest.js';
 
-const BUILT_CLI = fileURLToPath(new URL('../dist/workers/cli.js', import.meta.url));
+const BUILT_CLI = fileURLToPath(new URL('../../dist/workers/bot/cli.js', import.meta.url));
 
 describe('runWorkerCommand flags', () => {
   it.each([

@@ -1,6 +1,6 @@
-import { invalidArgument } from '../src/common/status.js';
-import type { Command } from '../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { splitRelativePath } from '../src/remote/paths.js';
+import { invalidArgument } from '../../src/common/status.js';
+import type { Command } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { splitRelativePath } from '../../src/remote/paths.js';
 
 /** What a requested output may turn out to be. */
 export type OutputKind = 'any' | 'file' | 'directory';

@@ -1,6 +1,6 @@
 import { mkdir, mkdtemp, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { removeTree } from '../src/remote/remove-tree.js';
+import { removeTree } from '../../src/remote/remove-tree.js';
 
 /**
  * Scratch directories owned by one process, named `{prefix}{pid}-{random}`, so that

@@ -1,5 +1,5 @@
-import type { Duration } from '../src/gen/google/protobuf/duration.js';
-import type { Timestamp } from '../src/gen/google/protobuf/timestamp.js';
+import type { Duration } from '../../src/gen/google/protobuf/duration.js';
+import type { Timestamp } from '../../src/gen/google/protobuf/timestamp.js';
 
 /** A Date as a google.protobuf.Timestamp (millisecond precision). */
 export function toTimestamp(date: Date): Timestamp {

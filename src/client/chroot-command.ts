@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import { extract } from 'tar';
 import { digestString, type Digest } from '../common/digest.js';
 import { Code, RemexError } from '../common/status.js';
-import { ConfigError } from '../config/config.js';
+import { ConfigError } from '../common/config-error.js';
 import { CasClient } from '../remote/cas-client.js';
 import { uploadDirectory } from '../remote/directory-upload.js';
 import { removeTree } from '../remote/remove-tree.js';

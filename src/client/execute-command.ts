@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { digestOf } from '../common/digest.js';
-import { ConfigError } from '../config/config.js';
+import { ConfigError } from '../common/config-error.js';
 import {
   Action,
   Command,

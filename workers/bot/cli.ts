@@ -1,7 +1,7 @@
 import { availableParallelism, homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError } from '../../src/config/config.js';
+import { ConfigError } from '../../src/common/config-error.js';
 import { detectRunners, RUNNER_PROPERTY } from '../runners/runner-selection.js';
 import { startWorker } from './worker.js';
 import { parseProperty } from './worker-properties.js';

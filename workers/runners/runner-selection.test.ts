@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code, RemexError } from '../../src/common/status.js';
-import { ConfigError } from '../../src/config/config.js';
+import { ConfigError } from '../../src/common/config-error.js';
 import {
   ExecuteRequest,
   type Command,

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { failedPrecondition } from '../../src/common/status.js';
-import { ConfigError } from '../../src/config/config.js';
+import { ConfigError } from '../../src/common/config-error.js';
 import { BubblewrapRunner } from './bubblewrap-runner.js';
 import { HostToolsRunner } from './hosttools-runner.js';
 import type { ChrootStore } from './chroot-store.js';

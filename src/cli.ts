@@ -3,7 +3,7 @@ import { ConfigError, ROLES, loadConfig, type Role } from './config/config.js';
 import { RemexError } from './common/status.js';
 import { startServer } from './server/server.js';
 import { log } from './server/log.js';
-import { runWorkerCommand } from '../workers/cli.js';
+import { runWorkerCommand } from '../workers/bot/cli.js';
 import { runExecuteCommand } from './client/execute-command.js';
 import { runChrootCommand } from './client/chroot-command.js';
 

@@ -7,10 +7,10 @@ import { parseArgs } from 'node:util';
 import { extract } from 'tar';
 import { digestString, type Digest } from '../common/digest.js';
 import { Code, RemexError } from '../common/status.js';
-import { ConfigError } from '../config/config.js';
-import { CasClient } from '../../workers/cas-client.js';
-import { uploadDirectory } from '../../workers/directory-upload.js';
-import { removeTree } from '../../workers/remove-tree.js';
+import { ConfigError } from '../common/config-error.js';
+import { CasClient } from '../remote/cas-client.js';
+import { uploadDirectory } from '../remote/directory-upload.js';
+import { removeTree } from '../remote/remove-tree.js';
 
 export const CHROOT_USAGE = `usage: remex chroot upload DIR [options]
        remex chroot from-image IMAGE [options]

@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { digestOf } from '../common/digest.js';
-import { ConfigError } from '../config/config.js';
+import { ConfigError } from '../common/config-error.js';
 import {
   Action,
   Command,
@@ -16,8 +16,8 @@ import {
   type Digest,
 } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import type { Operation } from '../gen/google/longrunning/operations.js';
-import { CasClient } from '../../workers/cas-client.js';
-import { uploadDirectory } from '../../workers/directory-upload.js';
+import { CasClient } from '../remote/cas-client.js';
+import { uploadDirectory } from '../remote/directory-upload.js';
 import { downloadOutputs } from './output-download.js';
 
 export const EXECUTE_USAGE = `usage: remex execute [options] -- COMMAND [ARG...]

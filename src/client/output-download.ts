@@ -2,8 +2,8 @@ import { chmod, mkdir, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { digestOf, digestString, type Digest } from '../common/digest.js';
 import { ActionResult, Directory, Tree } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
-import type { CasClient } from '../../workers/cas-client.js';
-import { checkNodeName, splitRelativePath } from '../../workers/paths.js';
+import type { CasClient } from '../remote/cas-client.js';
+import { checkNodeName, splitRelativePath } from '../remote/paths.js';
 
 /**
  * Writes an ActionResult's outputs under `root`, as a local run would have left them:

@@ -13,10 +13,10 @@ import {
   GetTreeRequest,
   type Digest,
 } from '../../src/gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { BlobCache } from '../../workers/blob-cache.js';
-import { CasClient } from '../../workers/cas-client.js';
-import { ChrootStore } from '../../workers/chroot-store.js';
-import { CHROOT_ROOT_PROPERTY, UserchrootRunner } from '../../workers/userchroot-runner.js';
+import { BlobCache } from '../../workers/staging/blob-cache.js';
+import { CasClient } from '../../src/remote/cas-client.js';
+import { ChrootStore } from '../../workers/runners/chroot-store.js';
+import { CHROOT_ROOT_PROPERTY, UserchrootRunner } from '../../workers/runners/userchroot-runner.js';
 import { digestOf, sha256 } from '../helpers/blobs.js';
 import { BUSYBOX, makeBusyboxRootfs, remexChroot } from '../helpers/busybox-rootfs.js';
 import { clientsFor, unaryCall, type Clients } from '../helpers/clients.js';

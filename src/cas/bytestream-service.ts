@@ -1,12 +1,11 @@
 import type { ByteStreamServer, ReadResponse } from '../gen/google/bytestream/bytestream.js';
 import type { Instances } from '../common/instances.js';
-import { invalidArgument, notFound, outOfRange } from '../common/status.js';
+import { invalidArgument, notFound } from '../common/status.js';
 import { clientStreaming, serverStreaming, unary } from '../server/handlers.js';
 import type { Cas } from './cas.js';
-import { CompressorValue, zstdCompressStream } from './compression.js';
+import { readBlob } from './blob-reader.js';
 import { parseReadResource, parseWriteResource } from './resource-name.js';
 import type { UploadManager, WriteChunk } from './upload-manager.js';
-import { describeKey } from './blob-store.js';
 
 const SERVICE = 'ByteStream';
 /** Largest data field in one ReadResponse (clients accept 4 MiB messages by default). */
@@ -17,43 +16,15 @@ export function byteStreamService(cas: Cas, uploads: UploadManager, instances: I
     read: serverStreaming<{ resourceName: string; readOffset: number; readLimit: number }, ReadResponse>(
       `${SERVICE}/Read`,
       async (req, send, ctx) => {
-        const resource = parseReadResource(req.resourceName, instances);
-        const { key } = resource;
-        if (req.readOffset < 0) throw outOfRange(`read_offset ${req.readOffset} is negative`);
-        if (req.readLimit < 0) throw invalidArgument(`read_limit ${req.readLimit} is negative`);
-        let source;
-        if (resource.compressor === CompressorValue.IDENTITY) {
-          if (req.readOffset > key.sizeBytes) {
-            throw outOfRange(`read_offset ${req.readOffset} is past the end of ${describeKey(key)}`);
-          }
-          source = await cas.read(key, { offset: req.readOffset, limit: req.readLimit }, ctx);
-        } else {
-          // Offsets and limits count compressed bytes: compress from the start and skip.
-          source = (await cas.read(key, undefined, ctx)).pipe(zstdCompressStream());
-        }
-        let skip = resource.compressor === CompressorValue.IDENTITY ? 0 : req.readOffset;
-        let left =
-          resource.compressor === CompressorValue.IDENTITY || req.readLimit === 0 ? Infinity : req.readLimit;
-        try {
-          for await (const piece of source) {
-            let chunk = piece as Buffer;
-            if (skip > 0) {
-              const n = Math.min(skip, chunk.length);
-              chunk = chunk.subarray(n);
-              skip -= n;
-            }
-            if (chunk.length > left) chunk = chunk.subarray(0, left);
-            left -= chunk.length;
-            for (let i = 0; i < chunk.length; i += READ_CHUNK) {
-              await send({ data: chunk.subarray(i, i + READ_CHUNK) });
-            }
-            if (left <= 0) break;
-          }
-        } finally {
-          source.destroy();
-        }
-        if (skip > 0)
-          throw outOfRange(`read_offset ${req.readOffset} is past the end of the compressed blob`);
+        const { key, compressor } = parseReadResource(req.resourceName, instances);
+        const request = {
+          key,
+          compressor,
+          offset: req.readOffset,
+          limit: req.readLimit,
+          maxChunkBytes: READ_CHUNK,
+        };
+        for await (const data of readBlob(cas, request, ctx)) await send({ data });
       },
     ),
 

@@ -1,3 +1,5 @@
+import { createReadStream } from 'node:fs';
+import * as fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import {
   emptyBlobHash,
@@ -29,6 +31,13 @@ export interface BlobStatus {
   digest: Digest;
   code: Code;
   message: string;
+}
+
+/** A complete upload in a local file, with the digest computed while it was written there. */
+export interface SpooledBlob {
+  path: string;
+  /** Size and hash of the file's content. */
+  actual: Digest;
 }
 
 export interface ReadBlob extends BlobStatus {
@@ -122,19 +131,37 @@ export class Cas {
     );
   }
 
-  /** Stores an in-memory blob after checking that its content matches its digest. */
-  async putVerified(key: BlobKey, data: Buffer, ctx: StoreContext): Promise<void> {
-    const actual = await digestOf(key.fn, data);
-    if (actual.sizeBytes !== key.sizeBytes) {
-      throw invalidArgument(`blob ${describeKey(key)} has ${actual.sizeBytes} bytes, not ${key.sizeBytes}`);
+  /**
+   * Stores a blob after checking that its content matches its digest: the one place where
+   * what clients upload is verified (batch calls, ByteStream, inline action-result data).
+   * An in-memory blob is hashed here. A spooled one comes with the digest its writer
+   * computed while streaming it to disk, so it is neither hashed nor read again here; the
+   * spool file is consumed whatever the outcome (renamed into a disk store, or deleted).
+   */
+  async putVerified(key: BlobKey, content: Buffer | SpooledBlob, ctx: StoreContext): Promise<void> {
+    if (Buffer.isBuffer(content)) {
+      checkContent(key, await digestOf(key.fn, content));
+      if (key.sizeBytes > 0) await this.store.put(key, bufferStream(content), ctx);
+      return;
     }
-    if (actual.hash !== key.hash) {
-      throw invalidArgument(
-        `blob ${describeKey(key)} has hash ${actual.hash}: content does not match digest`,
-      );
+    try {
+      checkContent(key, content.actual);
+      await this.putFile(key, content.path, ctx);
+    } catch (err) {
+      await fs.rm(content.path, { force: true });
+      throw err;
     }
-    if (key.sizeBytes === 0) return;
-    await this.store.put(key, bufferStream(data), ctx);
+  }
+
+  /** Moves a verified file into the store (a rename for the disk store); the file is consumed. */
+  private async putFile(key: BlobKey, path: string, ctx: StoreContext): Promise<void> {
+    if (key.sizeBytes === 0) return fs.rm(path, { force: true }); // the empty blob is never stored
+    if (this.store.putFile) return this.store.putFile(key, path, ctx);
+    try {
+      await this.store.put(key, createReadStream(path, { highWaterMark: 1 << 20 }), ctx);
+    } finally {
+      await fs.rm(path, { force: true });
+    }
   }
 
   async batchRead(
@@ -187,5 +214,15 @@ export class Cas {
   async exists(key: BlobKey, ctx: StoreContext): Promise<boolean> {
     if (await this.isEmptyBlob(key.fn, key)) return true;
     return (await this.store.findMissing([key], ctx)).length === 0;
+  }
+}
+
+/** INVALID_ARGUMENT unless content with this size and hash is the blob the key names. */
+function checkContent(key: BlobKey, actual: Digest): void {
+  if (actual.sizeBytes !== key.sizeBytes) {
+    throw invalidArgument(`blob ${describeKey(key)} has ${actual.sizeBytes} bytes, not ${key.sizeBytes}`);
+  }
+  if (actual.hash !== key.hash) {
+    throw invalidArgument(`blob ${describeKey(key)} has hash ${actual.hash}: content does not match digest`);
   }
 }

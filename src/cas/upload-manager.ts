@@ -1,9 +1,8 @@
-import { createReadStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Hasher } from '../common/digest.js';
-import { Code, RemexError, aborted, invalidArgument } from '../common/status.js';
+import { RemexError, aborted, invalidArgument } from '../common/status.js';
 import { describeKey, type StoreContext } from './blob-store.js';
 import type { Cas } from './cas.js';
 import { CompressorValue, ZstdChunkDecoder } from './compression.js';
@@ -21,6 +20,12 @@ export interface UploadManagerOptions {
   /** How long an interrupted upload is kept for resumption. */
   idleTimeoutMs: number;
 }
+
+/**
+ * How a Write stream ended: with finish_write (the upload is complete) or without it
+ * (the client may resume at committed_size, so the upload is kept).
+ */
+type StreamEnd = 'finished' | 'interrupted';
 
 /** One upload in progress: its bytes so far are in a spool file, its hash state in memory. */
 interface Session {
@@ -41,8 +46,9 @@ interface Session {
  * ByteStream Write semantics: uploads stream to a spool file while their hash is
  * computed, so nothing large is ever held in memory; an interrupted upload keeps its
  * spool and hash state for idleTimeoutMs, so QueryWriteStatus reports committed_size
- * and a new Write can resume at that offset. A complete, verified upload is handed to
- * the store with putFile (a rename for the disk store).
+ * and a new Write can resume at that offset. A complete upload is handed to
+ * Cas.putVerified with the hash computed on the way, which checks it and moves the spool
+ * into the store (a rename for the disk store).
  */
 export class UploadManager {
   private readonly sessions = new Map<string, Session>();
@@ -102,33 +108,12 @@ export class UploadManager {
     }
 
     const session = await this.attach(resource, existing, first.writeOffset);
+    let end: StreamEnd;
     try {
-      let chunk: WriteChunk | undefined = first;
-      while (chunk) {
-        if (chunk !== first && chunk.writeOffset !== session.committed) {
-          throw invalidArgument(
-            `write_offset ${chunk.writeOffset} does not follow the ${session.committed} bytes received for ${describeKey(key)}`,
-          );
-        }
-        await this.append(session, chunk.data);
-        if (chunk.finishWrite) {
-          await this.complete(session, ctx);
-          return doneSize;
-        }
-        const next: IteratorResult<WriteChunk> = await rest.next();
-        chunk = next.done ? undefined : next.value;
-      }
-      throw invalidArgument(
-        `the Write stream for ${describeKey(key)} ended without finish_write after ${session.committed} bytes; resume from there`,
-      );
+      end = await this.receive(session, first, rest);
+      if (end === 'finished') await this.complete(session, ctx);
     } catch (err) {
-      if (
-        err instanceof RemexError &&
-        err.code === Code.INVALID_ARGUMENT &&
-        err.message.includes('resume from there')
-      ) {
-        this.detach(session);
-      } else if (ctx.signal?.aborted || !(err instanceof RemexError)) {
+      if (ctx.signal?.aborted || !(err instanceof RemexError)) {
         // The client went away (or the stream broke): keep what arrived for a resumed Write.
         this.detach(session);
       } else {
@@ -136,6 +121,35 @@ export class UploadManager {
       }
       throw err;
     }
+    if (end === 'interrupted') {
+      this.detach(session);
+      throw invalidArgument(
+        `the Write stream for ${describeKey(key)} ended without finish_write after ${session.committed} bytes; resume from there`,
+      );
+    }
+    return doneSize;
+  }
+
+  /** Appends the stream's chunks to the session until finish_write or the end of the stream. */
+  private async receive(
+    session: Session,
+    first: WriteChunk,
+    rest: AsyncIterator<WriteChunk>,
+  ): Promise<StreamEnd> {
+    const { key } = session.resource;
+    let chunk: WriteChunk | undefined = first;
+    while (chunk) {
+      if (chunk !== first && chunk.writeOffset !== session.committed) {
+        throw invalidArgument(
+          `write_offset ${chunk.writeOffset} does not follow the ${session.committed} bytes received for ${describeKey(key)}`,
+        );
+      }
+      await this.append(session, chunk.data);
+      if (chunk.finishWrite) return 'finished';
+      const next: IteratorResult<WriteChunk> = await rest.next();
+      chunk = next.done ? undefined : next.value;
+    }
+    return 'interrupted';
   }
 
   private async attach(
@@ -198,34 +212,13 @@ export class UploadManager {
     session.written += data.length;
   }
 
+  /** Hands the finished spool to Cas, which verifies it against the hash computed while receiving. */
   private async complete(session: Session, ctx: StoreContext): Promise<void> {
-    const { key } = session.resource;
     session.decoder?.finish();
-    if (session.written !== key.sizeBytes) {
-      throw invalidArgument(
-        `upload for ${describeKey(key)} finished after ${session.written} of ${key.sizeBytes} bytes`,
-      );
-    }
-    const hash = session.hasher.digest();
-    if (hash !== key.hash) {
-      throw invalidArgument(`upload for ${describeKey(key)} has hash ${hash}: content does not match digest`);
-    }
     await session.file.close();
     this.sessions.delete(session.resource.uploadId!);
-    const store = this.cas.store;
-    try {
-      if (key.sizeBytes === 0) {
-        await fs.rm(session.spool, { force: true });
-      } else if (store.putFile) {
-        await store.putFile(key, session.spool, ctx);
-      } else {
-        await store.put(key, createReadStream(session.spool, { highWaterMark: 1 << 20 }), ctx);
-        await fs.rm(session.spool, { force: true });
-      }
-    } catch (err) {
-      await fs.rm(session.spool, { force: true });
-      throw err;
-    }
+    const actual = { hash: session.hasher.digest(), sizeBytes: session.written };
+    await this.cas.putVerified(session.resource.key, { path: session.spool, actual }, ctx);
   }
 
   private detach(session: Session): void {

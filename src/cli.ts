@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, ROLES, loadConfig, type Role } from './config/config.js';
 import { RemexError } from './common/status.js';
-import { startServer } from './server/server.js';
-import { log } from './server/log.js';
+import { startServer } from './app/start-server.js';
+import { log } from './common/log.js';
 import { runWorkerCommand } from '../workers/bot/cli.js';
 import { runExecuteCommand } from './client/execute-command.js';
 import { runChrootCommand } from './client/chroot-command.js';

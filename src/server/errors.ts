@@ -2,7 +2,7 @@ import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code } from '../common/status.js';
 import { Status } from '../gen/google/rpc/status.js';
-import { log } from './log.js';
+import { log } from '../common/log.js';
 
 /**
  * The one place where anything thrown by a handler becomes a gRPC status. RemexErrors keep

@@ -1,6 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { metricsContentType, renderMetrics } from '../common/metrics.js';
-import { log } from './log.js';
+import { log } from '../common/log.js';
 
 /** Serves GET /metrics (Prometheus text exposition) on host:port; resolves once listening. */
 export async function startMetricsEndpoint(

@@ -3,7 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { log as processLog } from '../../src/server/log.js';
+import { log as processLog } from '../../src/common/log.js';
 import { BotsClient } from '../../src/gen/google/devtools/remoteworkers/v1test2/bots.js';
 import { ActionExecutor } from './action-executor.js';
 import { BlobCache } from '../staging/blob-cache.js';

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, ROLES, loadConfig, type Role } from './config/config.js';
+import { ConfigError } from './common/config-error.js';
+import { ROLES, loadConfig, type Role } from './config/config.js';
 import { RemexError } from './common/status.js';
 import { startServer } from './app/start-server.js';
 import { log } from './common/log.js';

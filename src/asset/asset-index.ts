@@ -1,6 +1,6 @@
 import { validateDigest, type Digest, type DigestFunction } from '../common/digest.js';
 import { invalidArgument, notFound, failedPrecondition } from '../common/status.js';
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { Cas } from '../cas/cas.js';
 import { fileDigests, walkTree } from '../cas/tree-walker.js';
 import type { KeyValueStore } from '../kv/kv-store.js';

@@ -1,4 +1,5 @@
-import type { BlobKey, StoreContext } from './blob-store.js';
+import type { BlobKey } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 
 /**
  * An index of the blobs a backend holds, and when each was last confirmed there. It

@@ -1,6 +1,7 @@
 import { addAbortSignal, pipeline, type Readable } from 'node:stream';
 import { invalidArgument, outOfRange } from '../common/status.js';
-import { describeKey, type BlobKey, type StoreContext } from './blob-store.js';
+import { describeKey, type BlobKey } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { Cas } from './cas.js';
 import { CompressorValue, zstdCompressStream } from './compression.js';
 

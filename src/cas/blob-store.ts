@@ -1,13 +1,10 @@
 import type { Readable } from 'node:stream';
 import type { Digest, DigestFunction } from '../common/digest.js';
+import type { StoreContext } from '../common/store-context.js';
 
 /** A blob's identity: the digest and the function that produced it. */
 export interface BlobKey extends Digest {
   fn: DigestFunction;
-}
-
-export interface StoreContext {
-  signal?: AbortSignal;
 }
 
 export interface ReadRange {

@@ -11,14 +11,8 @@ import {
 } from '../common/digest.js';
 import { Code, RemexError, invalidArgument } from '../common/status.js';
 import { toRemexError } from '../common/error-mapping.js';
-import {
-  describeKey,
-  keyString,
-  type BlobKey,
-  type BlobStore,
-  type ReadRange,
-  type StoreContext,
-} from './blob-store.js';
+import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { CompressorValue, checkCompressor, zstdCompressBuffer, zstdDecompressBuffer } from './compression.js';
 import { bufferStream, readAll } from './stream-utils.js';
 

@@ -7,14 +7,8 @@ import { pipeline } from 'node:stream/promises';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code, RemexError, notFound, resourceExhausted } from '../common/status.js';
 import { digestFunctionBySegment } from '../common/digest.js';
-import {
-  describeKey,
-  keyString,
-  type BlobKey,
-  type BlobStore,
-  type ReadRange,
-  type StoreContext,
-} from './blob-store.js';
+import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { rangeBounds } from './stream-utils.js';
 
 export interface DiskBlobStoreOptions {

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
-import { keyString, type BlobKey, type BlobStore, type ReadRange, type StoreContext } from './blob-store.js';
+import { keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 
 export interface ExistenceCachingOptions {
   name?: string;

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { Code, RemexError } from '../common/status.js';
-import { keyString, type BlobKey, type BlobStore, type ReadRange, type StoreContext } from './blob-store.js';
+import { keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { BlobIndex } from './blob-index.js';
 
 export interface IndexedBlobStoreOptions {

@@ -1,13 +1,7 @@
 import type { Readable } from 'node:stream';
 import { Code, RemexError, notFound, resourceExhausted } from '../common/status.js';
-import {
-  describeKey,
-  keyString,
-  type BlobKey,
-  type BlobStore,
-  type ReadRange,
-  type StoreContext,
-} from './blob-store.js';
+import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { bufferStream, rangeBounds } from './stream-utils.js';
 
 /**

@@ -1,6 +1,7 @@
 import { Transform, pipeline, type Readable } from 'node:stream';
 import { sharedCounter, sharedHistogram, statusLabel } from '../common/metrics.js';
-import type { BlobKey, BlobStore, ReadRange, StoreContext } from './blob-store.js';
+import type { BlobKey, BlobStore, ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 
 const metrics = () => ({
   requests: sharedCounter('remex_blobstore_requests_total', 'CAS store calls, by store and operation.', [

@@ -1,7 +1,8 @@
 import type { Pool, QueryResultRow } from 'pg';
 import { toRemexError } from '../common/error-mapping.js';
 import { migrate, type Migration } from '../pg/migrate.js';
-import { keyString, type BlobKey, type StoreContext } from './blob-store.js';
+import { keyString, type BlobKey } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { BlobIndex } from './blob-index.js';
 
 /** Schema of the CAS index (component "cas-index" in remex_migrations). */

@@ -9,14 +9,8 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code, RemexError, invalidArgument } from '../common/status.js';
-import {
-  describeKey,
-  keyString,
-  type BlobKey,
-  type BlobStore,
-  type ReadRange,
-  type StoreContext,
-} from './blob-store.js';
+import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { rangeBounds } from './stream-utils.js';
 
 export interface S3BlobStoreOptions {

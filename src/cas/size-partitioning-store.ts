@@ -1,7 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import type { BlobKey, BlobStore, ReadRange, StoreContext } from './blob-store.js';
+import type { BlobKey, BlobStore, ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { callChild } from './child-errors.js';
 
 /**

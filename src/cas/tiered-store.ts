@@ -4,7 +4,8 @@ import * as fs from 'node:fs/promises';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code, type RemexError } from '../common/status.js';
-import { keyString, type BlobKey, type BlobStore, type ReadRange, type StoreContext } from './blob-store.js';
+import { keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 
 /** Buffer of each stream this store pipes between a source and a store or reader. */
 const BUFFER_BYTES = 1 << 20;

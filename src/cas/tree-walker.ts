@@ -1,7 +1,8 @@
 import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, RemexError } from '../common/status.js';
 import { Directory } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
-import { keyString, type StoreContext } from './blob-store.js';
+import { keyString } from './blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { Cas } from './cas.js';
 
 export interface WalkedDirectory {

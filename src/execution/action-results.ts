@@ -1,6 +1,6 @@
 import type { ActionCache } from '../actioncache/action-cache.js';
 import { carries, pack } from '../common/any.js';
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import type { Digest, DigestFunction } from '../common/digest.js';
 import { Code, RemexError } from '../common/status.js';
 import { Action, ActionResult } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';

@@ -1,4 +1,4 @@
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { pack } from '../common/any.js';
 import type { Cas } from '../cas/cas.js';
 import { SHA256, validateDigest, type Digest, type DigestFunction } from '../common/digest.js';

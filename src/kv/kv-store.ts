@@ -1,4 +1,4 @@
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 
 /**
  * A small-value store keyed by strings: the ActionCache (action digest → ActionResult)

@@ -1,4 +1,4 @@
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { sharedCounter, sharedHistogram, statusLabel } from '../common/metrics.js';
 import type { KeyValueStore } from './kv-store.js';
 

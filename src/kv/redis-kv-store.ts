@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import type { StoreContext } from '../cas/blob-store.js';
+import type { StoreContext } from '../common/store-context.js';
 import { toRemexError } from '../common/error-mapping.js';
 import { Code, RemexError } from '../common/status.js';
 import type { KeyValueStore } from './kv-store.js';

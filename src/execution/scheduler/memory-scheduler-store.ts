@@ -82,15 +82,13 @@ export class MemorySchedulerStore implements SchedulerStore {
   }
 
   async forgetCompletedBefore(time: number): Promise<void> {
-    for (const job of this.jobs.values())
+    const live = new Set<string>();
+    for (const job of this.jobs.values()) {
       if (job.stage === Stage.COMPLETED && (job.completedAt ?? time) <= time) this.index(job, undefined);
-    for (const invocation of this.served.keys())
-      if (!this.hasInvocation(invocation)) this.served.delete(invocation);
-  }
-
-  private hasInvocation(invocation: string): boolean {
-    for (const job of this.jobs.values()) if (job.invocation === invocation) return true;
-    return false;
+      else live.add(job.invocation);
+    }
+    // Fair-share memory of invocations that have no job left.
+    for (const invocation of this.served.keys()) if (!live.has(invocation)) this.served.delete(invocation);
   }
 
   async nextQueued(

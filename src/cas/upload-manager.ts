@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Hasher } from '../common/digest.js';
 import { RemexError, aborted, invalidArgument } from '../common/status.js';
+import { setLongTimeout, type LongTimer } from '../common/timers.js';
 import { describeKey } from './blob-store.js';
 import type { StoreContext } from '../common/store-context.js';
 import type { Cas } from './cas.js';
@@ -40,7 +41,7 @@ interface Session {
   written: number;
   decoder?: ZstdChunkDecoder;
   active: boolean;
-  timer?: NodeJS.Timeout;
+  timer?: LongTimer;
 }
 
 /**
@@ -162,7 +163,7 @@ export class UploadManager {
       throw aborted(`upload ${resource.uploadId} is already being written by another stream`);
     }
     if (existing && offset === existing.committed) {
-      clearTimeout(existing.timer);
+      existing.timer?.clear();
       existing.active = true;
       return existing;
     }
@@ -224,12 +225,13 @@ export class UploadManager {
 
   private detach(session: Session): void {
     session.active = false;
-    session.timer = setTimeout(() => void this.drop(session), this.options.idleTimeoutMs);
-    session.timer.unref();
+    session.timer = setLongTimeout(() => void this.drop(session), this.options.idleTimeoutMs, {
+      unref: true,
+    });
   }
 
   private async drop(session: Session): Promise<void> {
-    clearTimeout(session.timer);
+    session.timer?.clear();
     if (this.sessions.get(session.resource.uploadId!) === session)
       this.sessions.delete(session.resource.uploadId!);
     await session.file.close().catch(() => undefined);

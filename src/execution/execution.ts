@@ -3,6 +3,7 @@ import { pack } from '../common/any.js';
 import type { Cas } from '../cas/cas.js';
 import { SHA256, validateDigest, type Digest, type DigestFunction } from '../common/digest.js';
 import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
+import { setLongTimeout } from '../common/timers.js';
 import { Action, Command } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
 import { PreconditionFailure } from '../gen/google/rpc/error_details.js';
 import { ACTION_KIND, actionMergeKey, type ActionResults } from './action-results.js';
@@ -139,12 +140,12 @@ export class Execution {
           if (job.stage === Stage.COMPLETED) return;
         }
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(() => {
+          const timer = setLongTimeout(() => {
             changed = true;
             done();
           }, this.options.keepaliveMs);
           const done = () => {
-            clearTimeout(timer);
+            timer.clear();
             signal.removeEventListener('abort', done);
             wake = undefined;
             resolve();
@@ -167,10 +168,10 @@ export class Execution {
       const unsubscribe = this.scheduler.watch(name, (j) => {
         if (j.stage === Stage.COMPLETED) finish();
       });
-      const timer = setTimeout(() => finish(), timeoutMs);
+      const timer = setLongTimeout(() => finish(), timeoutMs);
       finish = () => {
         unsubscribe();
-        clearTimeout(timer);
+        timer.clear();
         signal.removeEventListener('abort', finish);
         resolve();
       };

@@ -1,6 +1,7 @@
 import type { Deadline, Metadata } from '@grpc/grpc-js';
 import { setMaxListeners } from 'node:events';
 import { RequestMetadata } from '../gen/build/bazel/remote/execution/v2/remote_execution.js';
+import { setLongTimeout } from '../common/timers.js';
 
 /** What a domain call needs to know about the RPC that caused it. */
 export interface CallContext {
@@ -41,10 +42,9 @@ export function callContext(call: AnyCall): CallContext {
   // grpc-js gives the deadline as an absolute time (a Date or epoch ms; Infinity when none).
   const deadline = call.getDeadline();
   const ms = (deadline instanceof Date ? deadline.getTime() : Number(deadline)) - Date.now();
-  if (Number.isFinite(ms) && ms < 2 ** 31 - 1) {
-    const timer = setTimeout(abort, ms);
-    timer.unref();
-    controller.signal.addEventListener('abort', () => clearTimeout(timer), { once: true });
+  if (ms < Infinity) {
+    const timer = setLongTimeout(abort, ms, { unref: true });
+    controller.signal.addEventListener('abort', () => timer.clear(), { once: true });
   }
   return {
     signal: controller.signal,

@@ -178,6 +178,25 @@ describe('Execution with a scripted bot', () => {
     expect(gone.code).toBe(status.NOT_FOUND);
   });
 
+  it('WaitOperation with a timeout beyond 2^31-1 ms (30 days) waits for completion instead of returning at once', async () => {
+    const { actionDigest } = await uploadAction(c, ['/bin/true', 'wait long'], {
+      command: { platform: { properties: [{ name: 'pool', value: 'nobody-yet-long' }] } },
+    });
+    await createBot('long-pool-bot', [{ key: 'pool', value: 'nobody-yet-long-either' }]);
+    let name = '';
+    const stream = collect(x.execution.execute(executeRequest({ actionDigest })), (u) => (name ||= u.name));
+    while (!name) await new Promise((r) => setTimeout(r, 20));
+    const waited = unaryCall(x.operations, OperationsService.waitOperation, {
+      name,
+      timeout: { seconds: 30 * 24 * 3600, nanos: 0 },
+    });
+    const early = await Promise.race([waited, new Promise((r) => setTimeout(() => r('still waiting'), 300))]);
+    expect(early).toBe('still waiting');
+    await unaryCall(x.operations, OperationsService.cancelOperation, { name });
+    expect((await waited).done).toBe(true);
+    await stream.done;
+  });
+
   it('answers a missing action with FAILED_PRECONDITION and a MISSING violation', async () => {
     const absent = digestOf('no such action');
     const err = await errorOf(collect(x.execution.execute(executeRequest({ actionDigest: absent }))).done);

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import Docker from 'dockerode';
 import { Code, RemexError } from '../../src/common/status.js';
+import { setLongTimeout, type LongTimer } from '../../src/common/timers.js';
 import type { RunResult, RunSpec, Runner } from './runner.js';
 
 /** How the worker reaches the Docker engine. Unset: DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), else /var/run/docker.sock. */
@@ -125,7 +126,7 @@ export class DockerRunner implements Runner {
     let started = false;
     let timedOut = false;
     let cancelled = false;
-    let timer: NodeJS.Timeout | undefined;
+    let timer: LongTimer | undefined;
     const kill = () => {
       if (container && started) void killContainer(container);
     };
@@ -174,7 +175,7 @@ export class DockerRunner implements Runner {
       started = true;
       if (cancelled) kill();
       if (spec.timeoutMs !== undefined) {
-        timer = setTimeout(() => {
+        timer = setLongTimeout(() => {
           timedOut = true;
           kill();
         }, spec.timeoutMs);
@@ -183,7 +184,7 @@ export class DockerRunner implements Runner {
         StatusCode: number;
       };
       const completedAt = new Date();
-      clearTimeout(timer);
+      timer?.clear();
       // The streams end with the container; output still in flight is written first.
       await withDeadline(output, OUTPUT_DRAIN_MS, () => stream?.destroy?.());
       return {
@@ -194,7 +195,7 @@ export class DockerRunner implements Runner {
         completedAt,
       };
     } finally {
-      clearTimeout(timer);
+      timer?.clear();
       spec.signal.removeEventListener('abort', onAbort);
       if (container) await this.remove(container);
       await stopOutput(stream, output);

@@ -1,4 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
+import { setLongTimeout } from '../../src/common/timers.js';
 
 export interface GroupOutcome {
   /** How the leader ended, or the error that kept it from starting. */
@@ -34,7 +35,7 @@ export async function superviseGroup(
   const timer =
     limits.timeoutMs === undefined
       ? undefined
-      : setTimeout(() => {
+      : setLongTimeout(() => {
           timedOut = true;
           killGroup();
         }, limits.timeoutMs);
@@ -42,7 +43,7 @@ export async function superviseGroup(
     child.once('error', resolve);
     child.once('exit', (code, signal) => resolve({ code, signal }));
   });
-  clearTimeout(timer);
+  timer?.clear();
   limits.signal.removeEventListener('abort', onAbort);
   killGroup();
   return { exit, timedOut, cancelled };

@@ -161,6 +161,12 @@ export function runnerContract(name: string, setup: () => Promise<ContractSetup>
       expect(await processesWith(marker)).toEqual([]);
     });
 
+    it('keeps running under a timeout longer than 2^31-1 ms (30 days) instead of killing at once', async () => {
+      const r = await run('sleep 0.3; echo done', { timeoutMs: 30 * 24 * 3600 * 1000 });
+      expect(r).toMatchObject({ exitCode: 0, timedOut: false, cancelled: false });
+      expect(await stdout()).toBe('done\n');
+    });
+
     it('kills what the command leaves running when it exits', async () => {
       const marker = uniqueMarker();
       const r = await run(`sleep ${marker} & exit 0`);

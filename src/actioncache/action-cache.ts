@@ -1,6 +1,7 @@
 import { digestOf, validateDigest, type Digest, type DigestFunction } from '../common/digest.js';
 import { Code, RemexError, invalidArgument, notFound } from '../common/status.js';
 import type { StoreContext } from '../common/store-context.js';
+import { log } from '../common/log.js';
 import type { Cas } from '../cas/cas.js';
 import { fileDigests, walkTree } from '../cas/tree-walker.js';
 import type { KeyValueStore } from '../kv/kv-store.js';
@@ -49,9 +50,24 @@ export class ActionCache {
     ctx: StoreContext,
   ): Promise<ActionResult> {
     const digest = validateDigest(actionDigest, fn, 'action_digest');
-    const raw = await this.kv.get(this.key(instance, fn, digest), ctx);
-    if (!raw) throw notFound(`no action result for action ${digest.hash}/${digest.sizeBytes}`);
-    const result = ActionResult.decode(raw);
+    const key = this.key(instance, fn, digest);
+    const raw = await this.kv.get(key, ctx);
+    const absent = `no action result for action ${digest.hash}/${digest.sizeBytes}`;
+    if (!raw) throw notFound(absent);
+    let result: ActionResult;
+    try {
+      result = ActionResult.decode(raw);
+      checkDigests(fn, result);
+    } catch (err) {
+      // A truncated or garbled entry would fail every lookup of this action for ever:
+      // it is a miss, and goes, so the next execution writes a good one.
+      log.warn(
+        { instance, action: `${digest.hash}/${digest.sizeBytes}`, bytes: raw.length, err: String(err) },
+        'corrupt action-cache entry deleted',
+      );
+      await this.kv.delete(key, ctx);
+      throw notFound(`${absent} (the stored entry was corrupt and has been deleted)`);
+    }
     const missing = await this.missingOutputs(fn, result, ctx);
     if (missing.length > 0) {
       throw notFound(
@@ -190,4 +206,18 @@ export class ActionCache {
       if (wanted.has(f.path)) f.contents = (await fetch(f.digest)) ?? Buffer.alloc(0);
     }
   }
+}
+
+/** Throws unless every digest a stored result names is well formed for fn. */
+function checkDigests(fn: DigestFunction, result: ActionResult): void {
+  const check = (d: Digest | undefined, what: string) => {
+    if (d && (d.hash !== '' || d.sizeBytes !== 0)) validateDigest(d, fn, what);
+  };
+  result.outputFiles.forEach((f, i) => check(f.digest, `output_files[${i}].digest`));
+  result.outputDirectories.forEach((d, i) => {
+    check(d.treeDigest, `output_directories[${i}].tree_digest`);
+    check(d.rootDirectoryDigest, `output_directories[${i}].root_directory_digest`);
+  });
+  check(result.stdoutDigest, 'stdout_digest');
+  check(result.stderrDigest, 'stderr_digest');
 }

@@ -65,6 +65,19 @@ export class DiskKeyValueStore implements KeyValueStore {
     }
   }
 
+  async delete(key: string, _ctx: StoreContext): Promise<void> {
+    const file = this.fileOf(key);
+    const size = this.sizes.get(file);
+    if (size === undefined) return;
+    this.sizes.delete(file);
+    this.totalBytes -= size;
+    try {
+      await fs.rm(join(this.dataDir, file), { force: true });
+    } catch (err) {
+      throw toRemexError(err, this.name);
+    }
+  }
+
   async put(key: string, value: Buffer, _ctx: StoreContext): Promise<void> {
     const file = this.fileOf(key);
     const header = Buffer.alloc(4);

@@ -9,5 +9,7 @@ export interface KeyValueStore {
   readonly name: string;
   get(key: string, ctx: StoreContext): Promise<Buffer | undefined>;
   put(key: string, value: Buffer, ctx: StoreContext): Promise<void>;
+  /** Removes the entry if there is one (a corrupt entry found by its reader). */
+  delete(key: string, ctx: StoreContext): Promise<void>;
   close?(): Promise<void>;
 }

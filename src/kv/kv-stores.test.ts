@@ -20,6 +20,17 @@ function kvContract(name: string, make: (maxBytes: number) => Promise<KeyValueSt
       await kv.put('', Buffer.alloc(0), ctx);
       expect(await kv.get('', ctx)).toEqual(Buffer.alloc(0));
     });
+    it('deletes an entry, and a missing one without complaint', async () => {
+      const kv = await make(1 << 20);
+      await kv.put('a', Buffer.from('one'), ctx);
+      await kv.put('b', Buffer.from('two'), ctx);
+      await kv.delete('a', ctx);
+      await kv.delete('never-written', ctx);
+      expect(await kv.get('a', ctx)).toBeUndefined();
+      expect((await kv.get('b', ctx))?.toString()).toBe('two');
+      await kv.put('a', Buffer.from('again'), ctx);
+      expect((await kv.get('a', ctx))?.toString()).toBe('again');
+    });
     it('drops the oldest entries beyond its budget', async () => {
       const kv = await make(2500);
       for (let i = 0; i < 5; i++) await kv.put(`k${i}`, Buffer.alloc(1000, i), ctx);

@@ -20,6 +20,13 @@ export class MemoryKeyValueStore implements KeyValueStore {
     return value;
   }
 
+  async delete(key: string, _ctx: StoreContext): Promise<void> {
+    const old = this.entries.get(key);
+    if (old === undefined) return;
+    this.entries.delete(key);
+    this.totalBytes -= old.length + key.length;
+  }
+
   async put(key: string, value: Buffer, _ctx: StoreContext): Promise<void> {
     const old = this.entries.get(key);
     if (old !== undefined) {

@@ -56,6 +56,11 @@ export class MetricsKeyValueStore implements KeyValueStore {
     this.bytes.inc({ store: this.name, direction: 'written' }, value.length);
   }
 
+  async delete(key: string, ctx: StoreContext): Promise<void> {
+    await this.measure('delete', () => this.child.delete(key, ctx));
+    this.requests.inc({ store: this.name, op: 'delete', result: 'ok' });
+  }
+
   async close(): Promise<void> {
     await this.child.close?.();
   }

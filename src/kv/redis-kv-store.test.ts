@@ -52,6 +52,17 @@ describe('RedisKeyValueStore', () => {
     expect(await kv.get('', ctx)).toEqual(Buffer.alloc(0));
   });
 
+  it('deletes an entry of its own prefix only, and a missing one without complaint', async () => {
+    const one = open();
+    const two = open();
+    await one.put('k', Buffer.from('one'), ctx);
+    await two.put('k', Buffer.from('two'), ctx);
+    await one.delete('k', ctx);
+    await one.delete('never-written', ctx);
+    expect(await one.get('k', ctx)).toBeUndefined();
+    expect((await two.get('k', ctx))?.toString()).toBe('two');
+  });
+
   it('keeps stores with different key prefixes apart', async () => {
     const one = open();
     const two = open();

@@ -82,6 +82,10 @@ export class RedisKeyValueStore implements KeyValueStore {
     );
   }
 
+  async delete(key: string, ctx: StoreContext): Promise<void> {
+    await this.call(ctx, () => this.client.del(key));
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     if (this.client.status === 'ready') {

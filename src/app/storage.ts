@@ -3,7 +3,7 @@ import { AssetIndex } from '../asset/asset-index.js';
 import type { BlobStore } from '../cas/blob-store.js';
 import { Cas } from '../cas/cas.js';
 import { UploadManager } from '../cas/upload-manager.js';
-import { resolvePath, type Config } from '../config/config.js';
+import { uploadsDir, type Config } from '../config/config.js';
 import { createBlobStore, createKeyValueStore, SharedResources } from '../config/factory.js';
 import type { KeyValueStore } from '../kv/kv-store.js';
 
@@ -40,7 +40,7 @@ export async function openStorage(
     : undefined;
   const uploads = needs.cas
     ? await UploadManager.create(cas, {
-        spoolDir: resolvePath(config, config.uploads.path),
+        spoolDir: uploadsDir(config),
         idleTimeoutMs: config.uploads.idleTimeout,
       })
     : undefined;

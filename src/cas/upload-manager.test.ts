@@ -1,4 +1,4 @@
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -53,6 +53,21 @@ async function rejection(p: Promise<unknown>): Promise<RemexError> {
 }
 
 describe('UploadManager', () => {
+  it('at start-up removes the spools of an earlier run and nothing else in its directory', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'remex-spool-'));
+    await mkdir(join(dir, 'cas'));
+    await writeFile(join(dir, 'cas', 'blob'), 'keep');
+    await writeFile(join(dir, 'remex.yaml'), 'keep');
+    await writeFile(join(dir, '0123456789abcdef01234567.upload'), 'stale');
+    await writeFile(join(dir, '0123456789abcdef01234568'), 'stale, older naming');
+    await UploadManager.create(new Cas(new MemoryBlobStore(1 << 20), { maxBatchTotalSizeBytes: 1 << 20 }), {
+      spoolDir: dir,
+      idleTimeoutMs: 60_000,
+    });
+    expect((await readdir(dir)).sort()).toEqual(['cas', 'remex.yaml']);
+    expect(await readFile(join(dir, 'cas', 'blob'), 'utf8')).toBe('keep');
+  });
+
   it('keeps a Write stream that ended without finish_write, and completes it on resumption', async () => {
     const { store, uploads } = await setup();
     const data = Buffer.alloc(200_000, 1);

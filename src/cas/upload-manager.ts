@@ -52,6 +52,10 @@ interface Session {
  * Cas.putVerified with the hash computed on the way, which checks it and moves the spool
  * into the store (a rename for the disk store).
  */
+/** Spool files are named <24 hex>.upload (bare <24 hex> before): start-up removes those and nothing else. */
+const SPOOL_SUFFIX = '.upload';
+const SPOOL_NAME = /^[0-9a-f]{24}(\.upload)?$/;
+
 export class UploadManager {
   private readonly sessions = new Map<string, Session>();
 
@@ -61,8 +65,11 @@ export class UploadManager {
   ) {}
 
   static async create(cas: Cas, options: UploadManagerOptions): Promise<UploadManager> {
-    await fs.rm(options.spoolDir, { recursive: true, force: true });
+    // Spools of an earlier run cannot be resumed (their hash state is gone): remove them,
+    // and only them, whatever else a misconfigured spool directory holds.
     await fs.mkdir(options.spoolDir, { recursive: true });
+    const stale = (await fs.readdir(options.spoolDir)).filter((f) => SPOOL_NAME.test(f));
+    await Promise.all(stale.map((f) => fs.rm(join(options.spoolDir, f), { force: true })));
     return new UploadManager(cas, options);
   }
 
@@ -173,7 +180,7 @@ export class UploadManager {
         `write_offset ${offset} for ${resource.uploadId}: ${existing ? `only ${existing.committed} bytes were received` : 'no such upload in progress'}; start at 0`,
       );
     }
-    const spool = join(this.options.spoolDir, randomBytes(12).toString('hex'));
+    const spool = join(this.options.spoolDir, `${randomBytes(12).toString('hex')}${SPOOL_SUFFIX}`);
     const session: Session = {
       resource,
       spool,

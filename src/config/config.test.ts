@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, configSchema, loadConfig, parseConfig } from './config.js';
+import { ConfigError, configSchema, loadConfig, parseConfig, uploadsDir } from './config.js';
 
 const CONFIG_DIR = fileURLToPath(new URL('../../config/', import.meta.url));
 
@@ -71,5 +71,43 @@ describe('config', () => {
   ])('fails with the path of the bad field: %j', (raw, message) => {
     expect(() => parseConfig(raw)).toThrow(ConfigError);
     expect(() => parseConfig(raw)).toThrow(message);
+  });
+
+  describe('uploads.path', () => {
+    const withUploads = (path: string, extra: object = {}) =>
+      parseConfig({ dataDir: '/srv/remex', uploads: { path }, ...extra });
+
+    it.each([
+      ['', /the data directory itself/],
+      ['.', /the data directory itself/],
+      ['/srv/remex/', /the data directory itself/],
+      ['..', /which holds the data directory \/srv\/remex/],
+      ['/', /which holds the data directory/],
+      ['cas', /overlaps cas\.path \(\/srv\/remex\/cas\)/],
+      ['cas/spool', /overlaps cas\.path/],
+      ['ac', /overlaps actionCache\.path/],
+      ['workers', /overlaps workers\.workDir/],
+    ])('refuses %j, which start-up would clear along with data', (path, message) => {
+      const config = withUploads(path, { cas: { type: 'disk', path: 'cas', maxSize: '1GiB' } });
+      expect(() => uploadsDir(config)).toThrow(ConfigError);
+      expect(() => uploadsDir(config)).toThrow(message);
+    });
+
+    it('refuses a spool above a store nested in a composition', () => {
+      const config = withUploads('/data', {
+        cas: {
+          type: 'tiered',
+          fast: { type: 'memory', maxSize: 1 },
+          slow: { type: 'disk', path: '/data/slow', maxSize: 1 },
+        },
+      });
+      expect(() => uploadsDir(config)).toThrow(/overlaps cas\.slow\.path/);
+    });
+
+    it('accepts a directory of its own, relative or absolute', () => {
+      expect(uploadsDir(withUploads('uploads'))).toBe('/srv/remex/uploads');
+      expect(uploadsDir(withUploads('/var/spool/remex'))).toBe('/var/spool/remex');
+      expect(uploadsDir(withUploads('casual'))).toBe('/srv/remex/casual');
+    });
   });
 });

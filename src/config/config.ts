@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { availableParallelism, homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../common/config-error.js';
@@ -296,4 +296,53 @@ export function defaultDataDir(): string {
 
 export function resolvePath(config: Config, path: string): string {
   return resolve(config.dataDir ?? defaultDataDir(), path);
+}
+
+/**
+ * The ByteStream upload spool, resolved. Start-up clears the spool, so it must be a
+ * directory of its own: not the data directory or one above it (`""`, `.`, `..`, `/`),
+ * and not a disk store's or the workers' directory, nor above or inside one.
+ */
+export function uploadsDir(config: Config): string {
+  const dataDir = resolve(config.dataDir ?? defaultDataDir());
+  const spool = resolvePath(config, config.uploads.path);
+  const fix = 'give it a directory of its own, e.g. "uploads" (the default)';
+  if (within(dataDir, spool)) {
+    throw new ConfigError(
+      `uploads.path ${JSON.stringify(config.uploads.path)} resolves to ${spool}, ${spool === dataDir ? 'the data directory itself' : `which holds the data directory ${dataDir}`}; the spool is cleared at start-up: ${fix}`,
+    );
+  }
+  const others: [string, string][] = diskPaths(config).map(([where, path]) => [
+    where,
+    resolvePath(config, path),
+  ]);
+  others.push(['workers.workDir', resolvePath(config, config.workers.workDir)]);
+  for (const [where, path] of others) {
+    if (within(path, spool) || within(spool, path)) {
+      throw new ConfigError(
+        `uploads.path ${JSON.stringify(config.uploads.path)} resolves to ${spool}, which overlaps ${where} (${path}); the spool is cleared at start-up: ${fix}`,
+      );
+    }
+  }
+  return spool;
+}
+
+/** Whether path is dir or lies below it (both absolute and normalised). */
+function within(path: string, dir: string): boolean {
+  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
+}
+
+/** The path of every disk store in the config, with where it is configured. */
+function diskPaths(config: Config): [string, string][] {
+  const found: [string, string][] = [];
+  const walk = (node: unknown, where: string) => {
+    if (typeof node !== 'object' || node === null) return;
+    const o = node as Record<string, unknown>;
+    if (o.type === 'disk' && typeof o.path === 'string') found.push([`${where}.path`, o.path]);
+    for (const [k, v] of Object.entries(o)) walk(v, `${where}.${k}`);
+  };
+  walk(config.cas, 'cas');
+  walk(config.actionCache, 'actionCache');
+  walk(config.assets, 'assets');
+  return found;
 }

@@ -34,8 +34,9 @@ function pgCode(sqlstate: string): Code | undefined {
 /** AWS SDK v3 errors carry name and $metadata.httpStatusCode. */
 function s3Code(err: { name?: string; $metadata?: { httpStatusCode?: number } }): Code | undefined {
   const status = err.$metadata?.httpStatusCode;
-  if (err.name === 'NoSuchKey' || err.name === 'NotFound' || status === 404) return Code.NOT_FOUND;
+  // A missing bucket is also a 404, but it is the deployment that is wrong, not the key.
   if (err.name === 'NoSuchBucket') return Code.FAILED_PRECONDITION;
+  if (err.name === 'NoSuchKey' || err.name === 'NotFound' || status === 404) return Code.NOT_FOUND;
   if (err.name === 'SlowDown' || status === 503 || status === 500 || status === 502) return Code.UNAVAILABLE;
   if (status === 403 || err.name === 'AccessDenied') return Code.PERMISSION_DENIED;
   if (status === 416) return Code.OUT_OF_RANGE;
@@ -43,7 +44,6 @@ function s3Code(err: { name?: string; $metadata?: { httpStatusCode?: number } })
   return undefined;
 }
 
-/** ioredis: errors of a closed or unreachable connection. */
 /** pg: errors of a lost connection or closed pool, which carry no SQLSTATE. */
 function pgConnectionCode(err: Error): Code | undefined {
   if (
@@ -55,6 +55,7 @@ function pgConnectionCode(err: Error): Code | undefined {
   return undefined;
 }
 
+/** ioredis: errors of a closed or unreachable connection, and replies that mean "later". */
 function redisCode(err: Error): Code | undefined {
   if (err.name === 'MaxRetriesPerRequestError') return Code.UNAVAILABLE;
   if (/^(Connection is closed|Stream isn't writeable|connect E|Command timed out)/.test(err.message))

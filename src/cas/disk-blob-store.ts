@@ -9,6 +9,7 @@ import { Code, RemexError, notFound, resourceExhausted } from '../common/status.
 import { digestFunctionBySegment } from '../common/digest.js';
 import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
 import type { StoreContext } from '../common/store-context.js';
+import { nodeFs, type DiskFs } from '../common/disk-fs.js';
 import { rangeBounds } from './stream-utils.js';
 
 export interface DiskBlobStoreOptions {
@@ -19,6 +20,8 @@ export interface DiskBlobStoreOptions {
   /** fsync each blob before it becomes visible (durable across power loss, slower). */
   fsync?: boolean;
   name?: string;
+  /** Filesystem calls (tests pause or count them); default node:fs/promises. */
+  fs?: DiskFs;
 }
 
 interface Entry {
@@ -44,9 +47,11 @@ export class DiskBlobStore implements BlobStore {
   private readonly casDir: string;
   private readonly tmpDir: string;
   private readonly madeDirs = new Set<string>();
+  private readonly fs: DiskFs;
 
   private constructor(private readonly options: DiskBlobStoreOptions) {
     this.name = options.name ?? 'disk';
+    this.fs = options.fs ?? nodeFs;
     this.casDir = join(options.path, 'cas');
     this.tmpDir = join(options.path, 'tmp');
   }
@@ -118,7 +123,7 @@ export class DiskBlobStore implements BlobStore {
     entry.pins++;
     let handle: fs.FileHandle;
     try {
-      handle = await fs.open(this.pathOf(k), 'r');
+      handle = await this.fs.open(this.pathOf(k), 'r');
     } catch (err) {
       entry.pins--;
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
@@ -207,7 +212,7 @@ export class DiskBlobStore implements BlobStore {
 
   private async commit(k: string, file: string, size: number): Promise<void> {
     if (this.options.fsync) {
-      const h = await fs.open(file, 'r+');
+      const h = await this.fs.open(file, 'r+');
       try {
         await h.sync();
       } finally {
@@ -220,7 +225,7 @@ export class DiskBlobStore implements BlobStore {
       await fs.mkdir(dir, { recursive: true });
       this.madeDirs.add(dir);
     }
-    await fs.rename(file, target);
+    await this.fs.rename(file, target);
     const existing = this.index.get(k);
     if (existing) {
       this.touch(k, existing);
@@ -251,6 +256,6 @@ export class DiskBlobStore implements BlobStore {
       this.forget(k);
       victims.push(k);
     }
-    await Promise.all(victims.map((k) => fs.rm(this.pathOf(k), { force: true })));
+    await Promise.all(victims.map((k) => this.fs.rm(this.pathOf(k), { force: true })));
   }
 }

@@ -3,12 +3,15 @@ import * as fs from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StoreContext } from '../common/store-context.js';
 import { toRemexError } from '../common/error-mapping.js';
+import { nodeFs, type DiskFs } from '../common/disk-fs.js';
 import type { KeyValueStore } from './kv-store.js';
 
 export interface DiskKeyValueStoreOptions {
   path: string;
   maxBytes: number;
   name?: string;
+  /** Filesystem calls (tests pause or count them); default node:fs/promises. */
+  fs?: DiskFs;
 }
 
 /**
@@ -23,9 +26,11 @@ export class DiskKeyValueStore implements KeyValueStore {
   private totalBytes = 0;
   private readonly tmpDir: string;
   private readonly dataDir: string;
+  private readonly fs: DiskFs;
 
   private constructor(private readonly options: DiskKeyValueStoreOptions) {
     this.name = options.name ?? 'disk';
+    this.fs = options.fs ?? nodeFs;
     this.tmpDir = join(options.path, 'tmp');
     this.dataDir = join(options.path, 'entries');
   }
@@ -74,7 +79,7 @@ export class DiskKeyValueStore implements KeyValueStore {
     const tmp = join(this.tmpDir, randomBytes(12).toString('hex'));
     try {
       await fs.writeFile(tmp, content);
-      await fs.rename(tmp, join(this.dataDir, file));
+      await this.fs.rename(tmp, join(this.dataDir, file));
     } catch (err) {
       await fs.rm(tmp, { force: true });
       throw toRemexError(err, this.name);
@@ -93,6 +98,6 @@ export class DiskKeyValueStore implements KeyValueStore {
       this.totalBytes -= size;
       victims.push(f);
     }
-    await Promise.all(victims.map((f) => fs.rm(join(this.dataDir, f), { force: true })));
+    await Promise.all(victims.map((f) => this.fs.rm(join(this.dataDir, f), { force: true })));
   }
 }

@@ -10,6 +10,7 @@ import { digestFunctionBySegment } from '../common/digest.js';
 import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
 import type { StoreContext } from '../common/store-context.js';
 import { nodeFs, type DiskFs } from '../common/disk-fs.js';
+import { FileLru } from '../common/file-lru.js';
 import { rangeBounds } from './stream-utils.js';
 
 export interface DiskBlobStoreOptions {
@@ -42,8 +43,7 @@ const MTIME_REFRESH_MS = 10 * 60 * 1000;
  */
 export class DiskBlobStore implements BlobStore {
   readonly name: string;
-  private readonly index = new Map<string, Entry>(); // insertion order = LRU order
-  private totalBytes = 0;
+  private readonly index: FileLru<Entry>;
   private readonly casDir: string;
   private readonly tmpDir: string;
   private readonly madeDirs = new Set<string>();
@@ -54,6 +54,7 @@ export class DiskBlobStore implements BlobStore {
     this.fs = options.fs ?? nodeFs;
     this.casDir = join(options.path, 'cas');
     this.tmpDir = join(options.path, 'tmp');
+    this.index = new FileLru({ maxBytes: options.maxBytes, pathOf: (k) => this.pathOf(k), fs: this.fs });
   }
 
   static async open(options: DiskBlobStoreOptions): Promise<DiskBlobStore> {
@@ -63,7 +64,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   get sizeBytes(): number {
-    return this.totalBytes;
+    return this.index.sizeBytes;
   }
 
   private async load(): Promise<void> {
@@ -92,11 +93,8 @@ export class DiskBlobStore implements BlobStore {
       }
     }
     found.sort((a, b) => a.mtime - b.mtime);
-    for (const f of found) {
-      this.index.set(f.key, { size: f.size, pins: 0, accessed: f.mtime });
-      this.totalBytes += f.size;
-    }
-    await this.evict();
+    for (const f of found) this.index.set(f.key, { size: f.size, pins: 0, accessed: f.mtime });
+    await this.index.evict();
   }
 
   private pathOf(k: string): string {
@@ -105,8 +103,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   private touch(k: string, entry: Entry, now = Date.now()): void {
-    this.index.delete(k);
-    this.index.set(k, entry);
+    this.index.touch(k, entry);
     if (now - entry.accessed > MTIME_REFRESH_MS) {
       const t = new Date(now);
       fs.utimes(this.pathOf(k), t, t).catch(() => undefined);
@@ -127,7 +124,7 @@ export class DiskBlobStore implements BlobStore {
     } catch (err) {
       entry.pins--;
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.forget(k);
+        this.index.forget(k);
         throw notFound(`blob ${describeKey(key)} not found (its file is gone)`);
       }
       throw toRemexError(err, this.name);
@@ -219,43 +216,16 @@ export class DiskBlobStore implements BlobStore {
         await h.close();
       }
     }
-    const target = this.pathOf(k);
-    const dir = join(target, '..');
+    const dir = join(this.pathOf(k), '..');
     if (!this.madeDirs.has(dir)) {
       await fs.mkdir(dir, { recursive: true });
       this.madeDirs.add(dir);
     }
-    await this.fs.rename(file, target);
-    const existing = this.index.get(k);
-    if (existing) {
-      this.touch(k, existing);
-    } else {
-      this.index.set(k, { size, pins: 0, accessed: Date.now() });
-      this.totalBytes += size;
-    }
-    await this.evict(k);
-  }
-
-  private forget(k: string): void {
-    const entry = this.index.get(k);
-    if (!entry) return;
-    this.index.delete(k);
-    this.totalBytes -= entry.size;
-  }
-
-  /**
-   * Deletes least recently used blobs until the budget holds. Blobs being read and the
-   * blob just written (`keep`) are skipped, so the store may exceed its budget briefly.
-   */
-  private async evict(keep?: string): Promise<void> {
-    if (this.totalBytes <= this.options.maxBytes) return;
-    const victims: string[] = [];
-    for (const [k, entry] of this.index) {
-      if (this.totalBytes <= this.options.maxBytes) break;
-      if (entry.pins > 0 || k === keep) continue;
-      this.forget(k);
-      victims.push(k);
-    }
-    await Promise.all(victims.map((k) => this.fs.rm(this.pathOf(k), { force: true })));
+    await this.index.commit(k, file, (existing) => {
+      // The new file's mtime is now: the access time follows without a utimes.
+      if (!existing) return { size, pins: 0, accessed: Date.now() };
+      existing.accessed = Date.now();
+      return existing;
+    });
   }
 }

@@ -1,4 +1,5 @@
 import type { DiskFs } from './disk-fs.js';
+import { KeyedChain } from './keyed-chain.js';
 
 export interface FileEntry {
   size: number;
@@ -17,10 +18,16 @@ export interface FileLruOptions {
 /**
  * The in-memory index of a disk store's files, least recently used first, and the one
  * place that moves files into place (commit) and deletes them beyond the budget (evict).
+ *
+ * Commit (rename + index insert) and the deletion of an evicted file run one after the
+ * other per key (KeyedChain), so the index never says present for a file that is gone:
+ * eviction drops a key from the index at once (the budget is counted then), and deletes
+ * its file in the key's turn only if no commit has indexed the key again meanwhile.
  */
 export class FileLru<E extends FileEntry> {
   private readonly entries = new Map<string, E>(); // insertion order = LRU order
   private bytes = 0;
+  private readonly turns = new KeyedChain<string>();
 
   constructor(private readonly options: FileLruOptions) {}
 
@@ -63,8 +70,12 @@ export class FileLru<E extends FileEntry> {
    * budget, never `k` itself.
    */
   async commit(k: string, file: string, entryFor: (existing: E | undefined) => E): Promise<void> {
-    await this.options.fs.rename(file, this.options.pathOf(k));
-    this.set(k, entryFor(this.entries.get(k)));
+    const target = this.options.pathOf(k);
+    await this.turns.run(k, async () => {
+      await this.options.fs.rename(file, target);
+      this.set(k, entryFor(this.entries.get(k)));
+    });
+    // Outside k's turn: evicting waits for the victims' turns, which may be commits that evict.
     await this.evict(k);
   }
 
@@ -74,13 +85,19 @@ export class FileLru<E extends FileEntry> {
    */
   async evict(keep?: string): Promise<void> {
     if (this.bytes <= this.options.maxBytes) return;
-    const victims: string[] = [];
+    const deletions: Promise<void>[] = [];
     for (const [k, entry] of this.entries) {
       if (this.bytes <= this.options.maxBytes) break;
       if (entry.pins || k === keep) continue;
       this.forget(k);
-      victims.push(k);
+      deletions.push(this.turns.run(k, () => this.unlinkUnlessIndexed(k)));
     }
-    await Promise.all(victims.map((k) => this.options.fs.rm(this.options.pathOf(k), { force: true })));
+    await Promise.all(deletions);
+  }
+
+  private async unlinkUnlessIndexed(k: string): Promise<void> {
+    // A commit of k since it was evicted has put a new file in place and indexed it: keep that.
+    if (this.entries.has(k)) return;
+    await this.options.fs.rm(this.options.pathOf(k), { force: true });
   }
 }

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { HookedFs } from '../../test/helpers/fs-hooks.js';
@@ -117,6 +117,40 @@ describe('DiskBlobStore: commit and eviction of one blob', () => {
     expect(await store.findMissing([keyA!, keyB!, keyC!], ctx)).toEqual([keyB]);
     expect([keyA!, keyB!, keyC!].map((k) => existsSync(fileOf(path, k)))).toEqual([true, false, true]);
     expect(store.sizeBytes).toBe(2000);
+  });
+});
+
+describe('DiskBlobStore with fsync', () => {
+  it('fsyncs the blob, then the directories whose entries name it, before it is visible', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const hooked = new HookedFs();
+    const store = await DiskBlobStore.open({ path, maxBytes: 1 << 20, fsync: true, fs: hooked });
+    const data = Buffer.from('durable');
+    const key = await keyFor(data);
+    const shard = dirname(fileOf(path, key));
+    let indexedAtShardSync: boolean | undefined;
+    hooked.onSync = (synced) => {
+      if (synced === shard) indexedAtShardSync = store.sizeBytes > 0;
+    };
+    await store.put(key, Readable.from([data]), ctx);
+    expect(indexedAtShardSync).toBe(false);
+    // The written file; the new directories' parents (cas/sha256 and its shard are new); the shard.
+    expect(hooked.synced[0]).toMatch(new RegExp(`^${join(path, 'tmp')}/`));
+    expect(hooked.synced.slice(1).sort()).toEqual([join(path, 'cas'), join(path, 'cas', 'sha256'), shard]);
+
+    // Again into a directory already made: the file and the shard only.
+    hooked.synced.length = 0;
+    await store.put(key, Readable.from([data]), ctx);
+    expect(hooked.synced.slice(1)).toEqual([shard]);
+  });
+
+  it('fsyncs nothing without it', async () => {
+    const path = await mkdtemp(join(tmpdir(), 'remex-disk-'));
+    const hooked = new HookedFs();
+    const store = await DiskBlobStore.open({ path, maxBytes: 1 << 20, fs: hooked });
+    const data = Buffer.from('volatile');
+    await store.put(await keyFor(data), Readable.from([data]), ctx);
+    expect(hooked.synced).toEqual([]);
   });
 });
 

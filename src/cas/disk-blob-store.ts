@@ -1,7 +1,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { toRemexError } from '../common/error-mapping.js';
@@ -9,7 +9,7 @@ import { Code, RemexError, notFound, resourceExhausted } from '../common/status.
 import { digestFunctionBySegment } from '../common/digest.js';
 import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
 import type { StoreContext } from '../common/store-context.js';
-import { nodeFs, type DiskFs } from '../common/disk-fs.js';
+import { nodeFs, syncDir, type DiskFs } from '../common/disk-fs.js';
 import { FileLru } from '../common/file-lru.js';
 import { rangeBounds } from './stream-utils.js';
 
@@ -18,7 +18,10 @@ export interface DiskBlobStoreOptions {
   path: string;
   /** Size budget: least recently used blobs are deleted beyond it. */
   maxBytes: number;
-  /** fsync each blob before it becomes visible (durable across power loss, slower). */
+  /**
+   * fsync each blob, and the directory entries that name it, before it becomes visible
+   * (durable across power loss, slower).
+   */
   fsync?: boolean;
   name?: string;
   /** Filesystem calls (tests pause or count them); default node:fs/promises. */
@@ -46,7 +49,8 @@ export class DiskBlobStore implements BlobStore {
   private readonly index: FileLru<Entry>;
   private readonly casDir: string;
   private readonly tmpDir: string;
-  private readonly madeDirs = new Set<string>();
+  /** Shard directories known to exist (true), or being made. */
+  private readonly madeDirs = new Map<string, true | Promise<void>>();
   private readonly fs: DiskFs;
 
   private constructor(private readonly options: DiskBlobStoreOptions) {
@@ -54,7 +58,12 @@ export class DiskBlobStore implements BlobStore {
     this.fs = options.fs ?? nodeFs;
     this.casDir = join(options.path, 'cas');
     this.tmpDir = join(options.path, 'tmp');
-    this.index = new FileLru({ maxBytes: options.maxBytes, pathOf: (k) => this.pathOf(k), fs: this.fs });
+    this.index = new FileLru({
+      maxBytes: options.maxBytes,
+      pathOf: (k) => this.pathOf(k),
+      fs: this.fs,
+      syncDirs: options.fsync,
+    });
   }
 
   static async open(options: DiskBlobStoreOptions): Promise<DiskBlobStore> {
@@ -77,7 +86,7 @@ export class DiskBlobStore implements BlobStore {
       const fnPath = join(this.casDir, fnDir);
       for (const shard of await fs.readdir(fnPath)) {
         const shardPath = join(fnPath, shard);
-        this.madeDirs.add(shardPath);
+        this.madeDirs.set(shardPath, true);
         for (const file of await fs.readdir(shardPath)) {
           const dash = file.lastIndexOf('-');
           const size = Number(file.slice(dash + 1));
@@ -216,16 +225,35 @@ export class DiskBlobStore implements BlobStore {
         await h.close();
       }
     }
-    const dir = join(this.pathOf(k), '..');
-    if (!this.madeDirs.has(dir)) {
-      await fs.mkdir(dir, { recursive: true });
-      this.madeDirs.add(dir);
-    }
+    const dir = dirname(this.pathOf(k));
+    const made = this.madeDirs.get(dir);
+    if (made !== true) await (made ?? this.makeDir(dir));
     await this.index.commit(k, file, (existing) => {
       // The new file's mtime is now: the access time follows without a utimes.
       if (!existing) return { size, pins: 0, accessed: Date.now() };
       existing.accessed = Date.now();
       return existing;
     });
+  }
+
+  /** Makes a shard directory; with fsync, also the entries of the directories it created. */
+  private makeDir(dir: string): Promise<void> {
+    const making = (async () => {
+      const created = await fs.mkdir(dir, { recursive: true });
+      if (this.options.fsync && created !== undefined) {
+        // The new directories' names live in their parents: from the shard's parent up to
+        // the parent of the first one created. (The shard itself is synced after the rename.)
+        const top = dirname(created);
+        for (let d = dirname(dir); ; d = dirname(d)) {
+          await syncDir(this.fs, d);
+          if (d === top || d === dirname(d)) break;
+        }
+      }
+      this.madeDirs.set(dir, true);
+    })();
+    this.madeDirs.set(dir, making);
+    // A failed attempt is forgotten, so that the next write tries again.
+    making.catch(() => this.madeDirs.delete(dir));
+    return making;
   }
 }

@@ -12,3 +12,13 @@ export interface DiskFs {
 }
 
 export const nodeFs: DiskFs = fs;
+
+/** fsyncs a directory: the entries created or renamed into it survive a power loss. */
+export async function syncDir(fs: DiskFs, dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,4 +1,5 @@
-import type { DiskFs } from './disk-fs.js';
+import { dirname } from 'node:path';
+import { syncDir, type DiskFs } from './disk-fs.js';
 import { KeyedChain } from './keyed-chain.js';
 
 export interface FileEntry {
@@ -13,6 +14,8 @@ export interface FileLruOptions {
   /** Where the file of a key lives. */
   pathOf: (k: string) => string;
   fs: DiskFs;
+  /** fsync the directory after a rename into it, before the key is indexed. */
+  syncDirs?: boolean;
 }
 
 /**
@@ -67,13 +70,18 @@ export class FileLru<E extends FileEntry> {
   /**
    * Renames `file` into place as `k` and indexes it as the most recently used (`entryFor`
    * gets what `k` had, if anything, and returns the entry to keep), then evicts beyond the
-   * budget, never `k` itself.
+   * budget, never `k` itself. With `syncDirs`, the rename is durable before `k` is indexed.
    */
   async commit(k: string, file: string, entryFor: (existing: E | undefined) => E): Promise<void> {
     const target = this.options.pathOf(k);
     await this.turns.run(k, async () => {
       await this.options.fs.rename(file, target);
-      this.set(k, entryFor(this.entries.get(k)));
+      try {
+        if (this.options.syncDirs) await syncDir(this.options.fs, dirname(target));
+      } finally {
+        // Indexed even if the fsync failed: the file is in place, and the index follows the files.
+        this.set(k, entryFor(this.entries.get(k)));
+      }
     });
     // Outside k's turn: evicting waits for the victims' turns, which may be commits that evict.
     await this.evict(k);

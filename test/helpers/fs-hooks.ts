@@ -18,6 +18,8 @@ interface Pause {
 export class HookedFs implements DiskFs {
   /** Paths whose handle was fsynced, in order. */
   readonly synced: string[] = [];
+  /** Called after each fsync, with its path. */
+  onSync?: (path: string) => void;
   private readonly pauses: Pause[] = [];
 
   /**
@@ -39,6 +41,7 @@ export class HookedFs implements DiskFs {
     handle.sync = async () => {
       await sync();
       this.synced.push(path);
+      this.onSync?.(path);
     };
     return handle;
   }

@@ -1,7 +1,7 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { toRemexError } from '../common/error-mapping.js';
@@ -9,6 +9,8 @@ import { Code, RemexError, notFound, resourceExhausted } from '../common/status.
 import { digestFunctionBySegment } from '../common/digest.js';
 import { describeKey, keyString, type BlobKey, type BlobStore, type ReadRange } from './blob-store.js';
 import type { StoreContext } from '../common/store-context.js';
+import { nodeFs, syncDir, type DiskFs } from '../common/disk-fs.js';
+import { FileLru } from '../common/file-lru.js';
 import { rangeBounds } from './stream-utils.js';
 
 export interface DiskBlobStoreOptions {
@@ -16,9 +18,14 @@ export interface DiskBlobStoreOptions {
   path: string;
   /** Size budget: least recently used blobs are deleted beyond it. */
   maxBytes: number;
-  /** fsync each blob before it becomes visible (durable across power loss, slower). */
+  /**
+   * fsync each blob, and the directory entries that name it, before it becomes visible
+   * (durable across power loss, slower).
+   */
   fsync?: boolean;
   name?: string;
+  /** Filesystem calls (tests pause or count them); default node:fs/promises. */
+  fs?: DiskFs;
 }
 
 interface Entry {
@@ -39,16 +46,24 @@ const MTIME_REFRESH_MS = 10 * 60 * 1000;
  */
 export class DiskBlobStore implements BlobStore {
   readonly name: string;
-  private readonly index = new Map<string, Entry>(); // insertion order = LRU order
-  private totalBytes = 0;
+  private readonly index: FileLru<Entry>;
   private readonly casDir: string;
   private readonly tmpDir: string;
-  private readonly madeDirs = new Set<string>();
+  /** Shard directories known to exist (true), or being made. */
+  private readonly madeDirs = new Map<string, true | Promise<void>>();
+  private readonly fs: DiskFs;
 
   private constructor(private readonly options: DiskBlobStoreOptions) {
     this.name = options.name ?? 'disk';
+    this.fs = options.fs ?? nodeFs;
     this.casDir = join(options.path, 'cas');
     this.tmpDir = join(options.path, 'tmp');
+    this.index = new FileLru({
+      maxBytes: options.maxBytes,
+      pathOf: (k) => this.pathOf(k),
+      fs: this.fs,
+      syncDirs: options.fsync,
+    });
   }
 
   static async open(options: DiskBlobStoreOptions): Promise<DiskBlobStore> {
@@ -58,7 +73,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   get sizeBytes(): number {
-    return this.totalBytes;
+    return this.index.sizeBytes;
   }
 
   private async load(): Promise<void> {
@@ -71,7 +86,7 @@ export class DiskBlobStore implements BlobStore {
       const fnPath = join(this.casDir, fnDir);
       for (const shard of await fs.readdir(fnPath)) {
         const shardPath = join(fnPath, shard);
-        this.madeDirs.add(shardPath);
+        this.madeDirs.set(shardPath, true);
         for (const file of await fs.readdir(shardPath)) {
           const dash = file.lastIndexOf('-');
           const size = Number(file.slice(dash + 1));
@@ -87,11 +102,8 @@ export class DiskBlobStore implements BlobStore {
       }
     }
     found.sort((a, b) => a.mtime - b.mtime);
-    for (const f of found) {
-      this.index.set(f.key, { size: f.size, pins: 0, accessed: f.mtime });
-      this.totalBytes += f.size;
-    }
-    await this.evict();
+    for (const f of found) this.index.set(f.key, { size: f.size, pins: 0, accessed: f.mtime });
+    await this.index.evict();
   }
 
   private pathOf(k: string): string {
@@ -100,8 +112,7 @@ export class DiskBlobStore implements BlobStore {
   }
 
   private touch(k: string, entry: Entry, now = Date.now()): void {
-    this.index.delete(k);
-    this.index.set(k, entry);
+    this.index.touch(k, entry);
     if (now - entry.accessed > MTIME_REFRESH_MS) {
       const t = new Date(now);
       fs.utimes(this.pathOf(k), t, t).catch(() => undefined);
@@ -118,11 +129,11 @@ export class DiskBlobStore implements BlobStore {
     entry.pins++;
     let handle: fs.FileHandle;
     try {
-      handle = await fs.open(this.pathOf(k), 'r');
+      handle = await this.fs.open(this.pathOf(k), 'r');
     } catch (err) {
       entry.pins--;
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.forget(k);
+        this.index.forget(k);
         throw notFound(`blob ${describeKey(key)} not found (its file is gone)`);
       }
       throw toRemexError(err, this.name);
@@ -207,50 +218,42 @@ export class DiskBlobStore implements BlobStore {
 
   private async commit(k: string, file: string, size: number): Promise<void> {
     if (this.options.fsync) {
-      const h = await fs.open(file, 'r+');
+      const h = await this.fs.open(file, 'r+');
       try {
         await h.sync();
       } finally {
         await h.close();
       }
     }
-    const target = this.pathOf(k);
-    const dir = join(target, '..');
-    if (!this.madeDirs.has(dir)) {
-      await fs.mkdir(dir, { recursive: true });
-      this.madeDirs.add(dir);
-    }
-    await fs.rename(file, target);
-    const existing = this.index.get(k);
-    if (existing) {
-      this.touch(k, existing);
-    } else {
-      this.index.set(k, { size, pins: 0, accessed: Date.now() });
-      this.totalBytes += size;
-    }
-    await this.evict(k);
+    const dir = dirname(this.pathOf(k));
+    const made = this.madeDirs.get(dir);
+    if (made !== true) await (made ?? this.makeDir(dir));
+    await this.index.commit(k, file, (existing) => {
+      // The new file's mtime is now: the access time follows without a utimes.
+      if (!existing) return { size, pins: 0, accessed: Date.now() };
+      existing.accessed = Date.now();
+      return existing;
+    });
   }
 
-  private forget(k: string): void {
-    const entry = this.index.get(k);
-    if (!entry) return;
-    this.index.delete(k);
-    this.totalBytes -= entry.size;
-  }
-
-  /**
-   * Deletes least recently used blobs until the budget holds. Blobs being read and the
-   * blob just written (`keep`) are skipped, so the store may exceed its budget briefly.
-   */
-  private async evict(keep?: string): Promise<void> {
-    if (this.totalBytes <= this.options.maxBytes) return;
-    const victims: string[] = [];
-    for (const [k, entry] of this.index) {
-      if (this.totalBytes <= this.options.maxBytes) break;
-      if (entry.pins > 0 || k === keep) continue;
-      this.forget(k);
-      victims.push(k);
-    }
-    await Promise.all(victims.map((k) => fs.rm(this.pathOf(k), { force: true })));
+  /** Makes a shard directory; with fsync, also the entries of the directories it created. */
+  private makeDir(dir: string): Promise<void> {
+    const making = (async () => {
+      const created = await fs.mkdir(dir, { recursive: true });
+      if (this.options.fsync && created !== undefined) {
+        // The new directories' names live in their parents: from the shard's parent up to
+        // the parent of the first one created. (The shard itself is synced after the rename.)
+        const top = dirname(created);
+        for (let d = dirname(dir); ; d = dirname(d)) {
+          await syncDir(this.fs, d);
+          if (d === top || d === dirname(d)) break;
+        }
+      }
+      this.madeDirs.set(dir, true);
+    })();
+    this.madeDirs.set(dir, making);
+    // A failed attempt is forgotten, so that the next write tries again.
+    making.catch(() => this.madeDirs.delete(dir));
+    return making;
   }
 }

@@ -3,12 +3,16 @@ import * as fs from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StoreContext } from '../common/store-context.js';
 import { toRemexError } from '../common/error-mapping.js';
+import { nodeFs, type DiskFs } from '../common/disk-fs.js';
+import { FileLru } from '../common/file-lru.js';
 import type { KeyValueStore } from './kv-store.js';
 
 export interface DiskKeyValueStoreOptions {
   path: string;
   maxBytes: number;
   name?: string;
+  /** Filesystem calls (tests pause or count them); default node:fs/promises. */
+  fs?: DiskFs;
 }
 
 /**
@@ -19,15 +23,22 @@ export interface DiskKeyValueStoreOptions {
  */
 export class DiskKeyValueStore implements KeyValueStore {
   readonly name: string;
-  private readonly sizes = new Map<string, number>(); // file name → size, oldest first
-  private totalBytes = 0;
+  /** By file name, least recently written first. */
+  private readonly index: FileLru<{ size: number }>;
   private readonly tmpDir: string;
   private readonly dataDir: string;
+  private readonly fs: DiskFs;
 
   private constructor(private readonly options: DiskKeyValueStoreOptions) {
     this.name = options.name ?? 'disk';
+    this.fs = options.fs ?? nodeFs;
     this.tmpDir = join(options.path, 'tmp');
     this.dataDir = join(options.path, 'entries');
+    this.index = new FileLru({
+      maxBytes: options.maxBytes,
+      pathOf: (f) => join(this.dataDir, f),
+      fs: this.fs,
+    });
   }
 
   static async open(options: DiskKeyValueStoreOptions): Promise<DiskKeyValueStore> {
@@ -39,10 +50,7 @@ export class DiskKeyValueStore implements KeyValueStore {
       (await fs.readdir(store.dataDir)).map(async (f) => ({ f, st: await fs.stat(join(store.dataDir, f)) })),
     );
     files.sort((a, b) => a.st.mtimeMs - b.st.mtimeMs);
-    for (const { f, st } of files) {
-      store.sizes.set(f, st.size);
-      store.totalBytes += st.size;
-    }
+    for (const { f, st } of files) store.index.set(f, { size: st.size });
     return store;
   }
 
@@ -52,7 +60,7 @@ export class DiskKeyValueStore implements KeyValueStore {
 
   async get(key: string, _ctx: StoreContext): Promise<Buffer | undefined> {
     const file = this.fileOf(key);
-    if (!this.sizes.has(file)) return undefined;
+    if (!this.index.get(file)) return undefined;
     try {
       const content = await fs.readFile(join(this.dataDir, file));
       // The file starts with the key itself, guarding against hash collisions and stray files.
@@ -87,25 +95,10 @@ export class DiskKeyValueStore implements KeyValueStore {
     const tmp = join(this.tmpDir, randomBytes(12).toString('hex'));
     try {
       await fs.writeFile(tmp, content);
-      await fs.rename(tmp, join(this.dataDir, file));
+      await this.index.commit(file, tmp, () => ({ size: content.length }));
     } catch (err) {
       await fs.rm(tmp, { force: true });
       throw toRemexError(err, this.name);
     }
-    const old = this.sizes.get(file);
-    if (old !== undefined) {
-      this.sizes.delete(file);
-      this.totalBytes -= old;
-    }
-    this.sizes.set(file, content.length);
-    this.totalBytes += content.length;
-    const victims: string[] = [];
-    for (const [f, size] of this.sizes) {
-      if (this.totalBytes <= this.options.maxBytes || f === file) break;
-      this.sizes.delete(f);
-      this.totalBytes -= size;
-      victims.push(f);
-    }
-    await Promise.all(victims.map((f) => fs.rm(join(this.dataDir, f), { force: true })));
   }
 }

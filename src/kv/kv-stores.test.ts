@@ -1,7 +1,9 @@
+import { createHash } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { HookedFs } from '../../test/helpers/fs-hooks.js';
 import { DiskKeyValueStore } from './disk-kv-store.js';
 import type { KeyValueStore } from './kv-store.js';
 import { MemoryKeyValueStore } from './memory-kv-store.js';
@@ -50,5 +52,34 @@ describe('DiskKeyValueStore', () => {
     await first.put('instance/sha256/abc', Buffer.from('result'), ctx);
     const second = await DiskKeyValueStore.open({ path, maxBytes: 1 << 20 });
     expect((await second.get('instance/sha256/abc', ctx))?.toString()).toBe('result');
+  });
+});
+
+describe('DiskKeyValueStore: put and eviction of one key', () => {
+  it('never leaves the index holding a key whose file eviction deleted', async () => {
+    const path = await newDir();
+    const fileOf = (key: string) => join(path, 'entries', createHash('sha256').update(key).digest('hex'));
+    const hooked = new HookedFs();
+    const kv = await DiskKeyValueStore.open({ path, maxBytes: 2500, fs: hooked });
+    await kv.put('k0', Buffer.alloc(1000, 0), ctx);
+    await kv.put('k1', Buffer.alloc(1000, 1), ctx);
+
+    // A second put of k0 has renamed its file into place but not yet updated the index...
+    const held = hooked.pauseAfter('rename', fileOf('k0'));
+    const again = kv.put('k0', Buffer.alloc(1000, 7), ctx);
+    await held.reached;
+    // ...when a put of k2 evicts k0, the oldest entry.
+    const third = kv.put('k2', Buffer.alloc(1000, 2), ctx);
+    const renamed2 = hooked.pauseAfter('rename', fileOf('k2'));
+    await renamed2.reached;
+    renamed2.release();
+    await new Promise(setImmediate); // k2 is indexed and the eviction has chosen k0
+    held.release();
+    await Promise.all([again, third]);
+
+    // The second put of k0 finished last: it is there.
+    expect(await kv.get('k0', ctx)).toEqual(Buffer.alloc(1000, 7));
+    expect(await kv.get('k1', ctx)).toBeUndefined();
+    expect(await kv.get('k2', ctx)).toEqual(Buffer.alloc(1000, 2));
   });
 });

@@ -103,6 +103,12 @@ export class FileLru<E extends FileEntry> {
     await Promise.all(deletions);
   }
 
+  /** Drops `k` and deletes its file in k's turn (unless a commit indexed it again meanwhile). */
+  async remove(k: string): Promise<void> {
+    this.forget(k);
+    await this.turns.run(k, () => this.unlinkUnlessIndexed(k));
+  }
+
   private async unlinkUnlessIndexed(k: string): Promise<void> {
     // A commit of k since it was evicted has put a new file in place and indexed it: keep that.
     if (this.entries.has(k)) return;

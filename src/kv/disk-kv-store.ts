@@ -75,12 +75,9 @@ export class DiskKeyValueStore implements KeyValueStore {
 
   async delete(key: string, _ctx: StoreContext): Promise<void> {
     const file = this.fileOf(key);
-    const size = this.sizes.get(file);
-    if (size === undefined) return;
-    this.sizes.delete(file);
-    this.totalBytes -= size;
+    if (!this.index.get(file)) return;
     try {
-      await fs.rm(join(this.dataDir, file), { force: true });
+      await this.index.remove(file);
     } catch (err) {
       throw toRemexError(err, this.name);
     }
